@@ -1,0 +1,5 @@
+import sys
+
+from deployer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,123 @@
+"""The one exception tree of deployer.
+
+Every error a user can cause or meet is a ``DeployerError``: it carries a one-line ``message``,
+an optional ``hint`` (what to do instead) and the process ``exit_code`` the CLI ends with.
+The CLI prints ``error: <message>`` (and ``hint: <hint>``) and never a traceback for these.
+
+    DeployerError                     exit 1 unless stated
+    ├── UsageError                    exit 2  a wrong flag, argument or combination
+    │   └── ConfigError               exit 2  a config file that cannot be read or is invalid
+    ├── CloudError                    exit 1  a Google (or local cloud) API call failed
+    │   ├── TransientCloudError               still failing after the retry policy gave up
+    │   ├── ConflictError                     etag / fingerprint / generation moved under us
+    │   └── NotFoundError                     a resource the step needs does not exist
+    ├── PreflightError                exit 1  `check` rules found errors
+    ├── GateError                     exit 3  the gate could not run at all (not a Failed verdict)
+    ├── StateError                    exit 1  journal / state store problems
+    │   └── LockHeldError             exit 4  another deploy holds the service lock
+    ├── DriftError                    exit 1  live state differs from what the last deploy left
+    ├── RollbackIncompleteError       exit 3  a rollback could not put everything back
+    └── LocalCloudError               exit 1  the embedded local cloud failed (port in use, …)
+
+Raise with ``raise XError(...) from exc`` so the cause is kept for ``--debug``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DeployerError(Exception):
+    """Base of every error deployer reports to a user."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, hint: str | None = None, **fields: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.fields = fields
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(DeployerError):
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """A config that cannot be loaded: names the file, line, key and what is allowed."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        key: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        where = file or "<config>"
+        if line is not None:
+            where = f"{where}:{line}"
+        if key:
+            where = f"{where}: {key}"
+        super().__init__(f"{where}: {message}", hint=hint, file=file, line=line, key=key)
+        self.file, self.line, self.key = file, line, key
+
+
+class CloudError(DeployerError):
+    """A cloud API call failed. ``status`` is the HTTP status when there was one."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str | None = None,
+        status: int | None = None,
+        reason: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint, method=method, status=status, reason=reason)
+        self.method, self.status, self.reason = method, status, reason
+
+
+class TransientCloudError(CloudError):
+    pass
+
+
+class ConflictError(CloudError):
+    pass
+
+
+class NotFoundError(CloudError):
+    pass
+
+
+class PreflightError(DeployerError):
+    pass
+
+
+class GateError(DeployerError):
+    exit_code = 3
+
+
+class StateError(DeployerError):
+    pass
+
+
+class LockHeldError(StateError):
+    exit_code = 4
+
+
+class DriftError(DeployerError):
+    pass
+
+
+class RollbackIncompleteError(DeployerError):
+    exit_code = 3
+
+
+class LocalCloudError(DeployerError):
+    pass

@@ -1,0 +1,1 @@
+"""Thin adapters over the Google client libraries. Heavy imports happen only inside functions."""

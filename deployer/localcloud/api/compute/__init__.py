@@ -1,0 +1,1 @@
+"""Compute Engine API v1, global load balancing and Cloud Armor (compute.googleapis.com)."""

@@ -1,0 +1,1 @@
+"""Cloud Storage JSON API subset (storage.googleapis.com)."""

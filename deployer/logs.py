@@ -1,0 +1,72 @@
+"""Structured logging with structlog.
+
+On a TTY: a readable console renderer. Otherwise (Cloud Build, CI, pipes): one JSON object per
+line in Cloud Logging's shape, ``severity`` and ``message`` first, bound context after.
+Secrets never reach a log: ``redact`` masks values of keys that look like credentials.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+_SECRET_KEY = re.compile(r"(token|secret|password|passwd|authorization|api[_-]?key|credential)", re.I)
+
+_SEVERITY = {
+    "debug": "DEBUG",
+    "info": "INFO",
+    "warning": "WARNING",
+    "warn": "WARNING",
+    "error": "ERROR",
+    "critical": "CRITICAL",
+    "exception": "ERROR",
+}
+
+
+def redact(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Mask the value of any key that names a credential."""
+    for key in list(event_dict):
+        if key != "event" and _SECRET_KEY.search(key) and event_dict[key] not in (None, ""):
+            event_dict[key] = "***"
+    return event_dict
+
+
+def cloud_logging_shape(_logger: Any, name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Rename structlog's keys to what Cloud Logging reads from a JSON line."""
+    level = event_dict.pop("level", name)
+    event_dict["severity"] = _SEVERITY.get(str(level).lower(), "DEFAULT")
+    event_dict["message"] = event_dict.pop("event", "")
+    return event_dict
+
+
+def configure(*, json: bool | None = None, level: str = "info", stream: Any = None) -> None:
+    """Configure structlog once per process. ``json=None`` picks JSON when the stream is not a TTY."""
+    out = stream or sys.stderr
+    if json is None:
+        json = not (hasattr(out, "isatty") and out.isatty())
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        redact,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="time"),
+    ]
+    if json:
+        processors += [cloud_logging_shape, structlog.processors.JSONRenderer(sort_keys=False)]
+    else:
+        processors += [structlog.dev.ConsoleRenderer(colors=hasattr(out, "isatty") and out.isatty())]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(**context: Any) -> Any:
+    """A logger with ``context`` bound (deploy id, phase, service, ...)."""
+    return structlog.get_logger().bind(**context)
