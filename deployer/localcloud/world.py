@@ -163,6 +163,9 @@ class World:
     faults: Faults = field(default_factory=Faults)
     requests: list[RequestRecord] = field(default_factory=list)
     runtime: RevisionRuntime = field(default_factory=InstantRuntime)
+    # Base URL of the local load balancer when one runs (set by the runtime), e.g. http://127.0.0.1:8080.
+    # Cloud Run renders service and tag URIs against it (``http://TAG---SERVICE.localhost:PORT``).
+    lb_url: str | None = None
     # Each API module attaches its state here (see api/*/models.py): run, compute, storage.
     apis: dict[str, Any] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
