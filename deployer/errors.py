@@ -6,7 +6,8 @@ The CLI prints ``error: <message>`` (and ``hint: <hint>``) and never a traceback
 
     DeployerError                     exit 1 unless stated
     ├── UsageError                    exit 2  a wrong flag, argument or combination
-    │   └── ConfigError               exit 2  a config file that cannot be read or is invalid
+    │   ├── ConfigError               exit 2  a config file that cannot be read or is invalid
+    │   └── PlanFileError             exit 2  a saved plan file that cannot be read
     ├── CloudError                    exit 1  a Google (or local cloud) API call failed
     │   ├── TransientCloudError               still failing after the retry policy gave up
     │   ├── ConflictError                     etag / fingerprint / generation moved under us
@@ -14,6 +15,9 @@ The CLI prints ``error: <message>`` (and ``hint: <hint>``) and never a traceback
     ├── PreflightError                exit 1  `check` rules found errors
     ├── GateError                     exit 3  the gate could not run at all (not a Failed verdict)
     ├── StateError                    exit 1  journal / state store problems
+    │   ├── StaleStateError                   a state object's generation moved (compare-and-swap lost)
+    │   ├── JournalError                      a journal that cannot be read or breaks its own rules
+    │   ├── LockLostError                     our lease was taken or deleted while we held it
     │   └── LockHeldError             exit 4  another deploy holds the service lock
     ├── DriftError                    exit 1  live state differs from what the last deploy left
     ├── RollbackIncompleteError       exit 3  a rollback could not put everything back
@@ -46,6 +50,10 @@ class UsageError(DeployerError):
     exit_code = 2
 
 
+class PlanFileError(UsageError):
+    """A saved plan (``deploy --plan FILE``) that cannot be read: names the file and what is wrong."""
+
+
 class ConfigError(UsageError):
     """A config that cannot be loaded: names the file, line, key and what is allowed."""
 
@@ -68,7 +76,13 @@ class ConfigError(UsageError):
 
 
 class CloudError(DeployerError):
-    """A cloud API call failed. ``status`` is the HTTP status when there was one."""
+    """A cloud API call failed. ``status`` is the HTTP status when there was one.
+
+    ``attempts`` is how many times the call was made (``gcp/retry.py``). ``outcome_unknown`` is True
+    when an earlier attempt ended without a definite answer (a reset or timeout after the request
+    was sent, a 5xx): a mutation may then have been applied even though this error is what we saw,
+    so the caller re-reads the resource before deciding anything.
+    """
 
     def __init__(
         self,
@@ -78,9 +92,20 @@ class CloudError(DeployerError):
         status: int | None = None,
         reason: str | None = None,
         hint: str | None = None,
+        attempts: int = 1,
+        outcome_unknown: bool = False,
     ) -> None:
-        super().__init__(message, hint=hint, method=method, status=status, reason=reason)
+        super().__init__(
+            message,
+            hint=hint,
+            method=method,
+            status=status,
+            reason=reason,
+            attempts=attempts,
+            outcome_unknown=outcome_unknown,
+        )
         self.method, self.status, self.reason = method, status, reason
+        self.attempts, self.outcome_unknown = attempts, outcome_unknown
 
 
 class TransientCloudError(CloudError):
@@ -104,6 +129,22 @@ class GateError(DeployerError):
 
 
 class StateError(DeployerError):
+    pass
+
+
+class StaleStateError(StateError):
+    """A conditional write or delete lost: the object's generation is no longer the one we read."""
+
+    def __init__(self, message: str, *, key: str, expected: int | None, actual: int | None) -> None:
+        super().__init__(message, key=key, expected=expected, actual=actual)
+        self.key, self.expected, self.actual = key, expected, actual
+
+
+class JournalError(StateError):
+    pass
+
+
+class LockLostError(StateError):
     pass
 
 
