@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import threading
 import time
@@ -72,7 +73,8 @@ def _fault_error(route: Route, world: World) -> ApiError | None:
     return ApiError(rule.status, message)
 
 
-def build_app(world: World, routes: Iterable[Route] | None = None) -> web.Application:
+def build_app(world: World, routes: Iterable[Route] | None = None, *, log_requests: bool = False) -> web.Application:
+    """``log_requests``: one structlog ``localcloud.request`` event per call (``deployer localcloud up``)."""
     for models, _responses in api_modules():
         if models.__name__.split(".")[-2] not in world.apis:
             models.install(world)
@@ -124,6 +126,16 @@ def build_app(world: World, routes: Iterable[Route] | None = None) -> web.Applic
                     fault=fault,
                 )
             )
+        if log_requests:
+            log.info(
+                "localcloud.request",
+                method=route.method if route else "",
+                http_method=request.method,
+                path=request.path,
+                status=status,
+                duration_ms=round((time.perf_counter() - t0) * 1000, 3),
+                fault=fault,
+            )
         return response
 
     app = web.Application(middlewares=[google_middleware], client_max_size=64 * 1024 * 1024)
@@ -144,7 +156,10 @@ def load_seed_file(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise LocalCloudError(f"cannot read seed file {p}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
-        raise LocalCloudError(f"seed file {p} is not valid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise LocalCloudError(f"seed file {p} is not valid YAML: {problem}{where}") from exc
     if not isinstance(doc, dict):
         raise LocalCloudError(f"seed file {p} must hold a mapping at the top level")
     return doc
@@ -167,8 +182,10 @@ class LocalCloud:
         host: str = "127.0.0.1",
         world: World | None = None,
         runtime_options: dict[str, Any] | None = None,
+        log_requests: bool = False,
     ) -> None:
         self.world = world or World(seed=seed)
+        self._log_requests = log_requests
         self.host = host
         self._api_port = api_port
         self._lb_port = lb_port
@@ -197,13 +214,15 @@ class LocalCloud:
         self._thread.start()
         self._ready.wait(30)
         if self._error is not None:
-            raise LocalCloudError(f"local cloud failed to start: {self._error}") from self._error
+            raise LocalCloudError(
+                f"local cloud failed to start: {self._error}", hint=getattr(self._error, "hint", None)
+            ) from self._error
         if not self._ready.is_set():
             raise LocalCloudError("local cloud did not start within 30 s")
         return self
 
     async def _startup(self) -> None:
-        app = build_app(self.world)
+        app = build_app(self.world, log_requests=self._log_requests)
         if self._lb_port is not None:
             from deployer.localcloud.runtime import start_runtime
 
@@ -220,7 +239,11 @@ class LocalCloud:
         try:
             await site.start()
         except OSError as exc:
-            raise LocalCloudError(f"cannot listen on {self.host}:{self._api_port}: {exc.strerror}") from exc
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise LocalCloudError(
+                f"cannot listen on {self.host}:{self._api_port}: {reason}",
+                hint="another process holds that port; pick another with --api-port (0 = any free port)",
+            ) from exc
         self._runners.append(runner)
         self.api_port = runner.addresses[0][1]
 
@@ -263,8 +286,9 @@ class LocalCloud:
 def serve(*, api_port: int, lb_port: int | None, seed_file: str | None, host: str = "127.0.0.1") -> None:
     """Run in the foreground until SIGINT/SIGTERM (``deployer localcloud up``)."""
     seed_doc = load_seed_file(seed_file) if seed_file else None
-    cloud = LocalCloud(api_port=api_port, lb_port=lb_port, seed_doc=seed_doc, host=host)
+    cloud = LocalCloud(api_port=api_port, lb_port=lb_port, seed_doc=seed_doc, host=host, log_requests=True)
     stop = threading.Event()
+    started = False
 
     def _on_signal(signum: int, _frame: Any) -> None:
         stop.set()
@@ -272,6 +296,7 @@ def serve(*, api_port: int, lb_port: int | None, seed_file: str | None, host: st
     old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         cloud.start()
+        started = True
         lb = f", load balancer on {cloud.lb_url}" if cloud.lb_port is not None else ""
         log.info(
             "localcloud.ready",
@@ -287,4 +312,5 @@ def serve(*, api_port: int, lb_port: int | None, seed_file: str | None, host: st
         cloud.stop()
         for s, h in old.items():
             signal.signal(s, h)
-        print("local cloud stopped", flush=True)
+        if started:
+            print("local cloud stopped", flush=True)
