@@ -1,0 +1,311 @@
+"""The plan: what a deploy will change, as a value (architecture.md "The plan is a value").
+
+- ``Action``: the closed set of things a change can do (create, update, delete, no-op).
+- ``Change``: one resource, its action, its REST-shaped ``before`` (as observed) and ``after`` (as
+  desired), and the ``precondition`` (etag / fingerprint) of ``before`` it may only be applied over.
+- ``Plan``: the changes plus when and from which config it was made and every precondition it was
+  made against. ``deploy --plan FILE`` applies exactly it and refuses when ``moved()`` is not empty
+  (a stale plan); JSON round-trips exactly (``to_json`` / ``from_json``).
+- ``diff_fields``: the field-level difference of two REST-shaped documents, for the readable diff.
+
+All pure: no clock (``created_at`` is given), no I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError, model_validator
+
+from deployer.errors import PlanFileError
+from deployer.redact import NO_MASK, SecretMask, is_masked
+
+PLAN_FORMAT: Literal[1] = 1
+
+# Resource kinds (``Change.kind``): API family, then the REST collection's singular name.
+RUN_SERVICE = "run.service"
+BACKEND_SERVICE = "compute.backendService"
+SECURITY_POLICY = "compute.securityPolicy"
+ARMOR_RULE = "armor.rule"
+URL_MAP = "compute.urlMap"
+
+
+class Action(StrEnum):
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+    NOOP = "no-op"
+
+
+_SYMBOL = {Action.CREATE: "+", Action.UPDATE: "~", Action.DELETE: "-", Action.NOOP: "="}
+
+
+# ---- field-level diff ----------------------------------------------------------------------------
+
+PathPart = str | int
+
+
+class FieldDiff(BaseModel):
+    """One field that differs. ``path`` is dict keys and list indexes from the resource's root."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: tuple[PathPart, ...]
+    kind: Literal["added", "removed", "changed"]
+    before: Any = None
+    after: Any = None
+
+    def path_str(self) -> str:
+        out = ""
+        for part in self.path:
+            out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        return out or "(root)"
+
+    def render(self) -> str:
+        if self.kind == "added":
+            return f"+ {self.path_str()}: {_show(self.after)}"
+        if self.kind == "removed":
+            return f"- {self.path_str()}: {_show(self.before)}"
+        return f"~ {self.path_str()}: {_show(self.before)} → {_show(self.after)}"
+
+
+def _show(value: Any, limit: int = 100) -> str:
+    text = value if is_masked(value) else json.dumps(value, ensure_ascii=False, sort_keys=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _same(a: Any, b: Any) -> bool:
+    """JSON equality: ``true`` is not ``1``, but ``1`` is ``1.0``."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    return type(a) is type(b) and a == b
+
+
+def diff_fields(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> list[FieldDiff]:
+    """Every leaf-level difference from ``before`` to ``after`` (``None`` = the resource is absent).
+
+    Dicts are compared key by key (``before``'s key order, then keys only ``after`` has), lists index
+    by index (extra trailing items are added or removed). A value whose type changes (a dict becoming
+    a string, say) is one ``changed`` entry at that path.
+    """
+    out: list[FieldDiff] = []
+    _diff(dict(before or {}), dict(after or {}), (), out)
+    return out
+
+
+def _diff(b: Any, a: Any, path: tuple[PathPart, ...], out: list[FieldDiff]) -> None:
+    if isinstance(b, Mapping) and isinstance(a, Mapping):
+        for key in [*b, *(k for k in a if k not in b)]:
+            if key not in a:
+                out.append(FieldDiff(path=(*path, key), kind="removed", before=b[key]))
+            elif key not in b:
+                out.append(FieldDiff(path=(*path, key), kind="added", after=a[key]))
+            else:
+                _diff(b[key], a[key], (*path, key), out)
+        return
+    if isinstance(b, list) and isinstance(a, list):
+        for i in range(max(len(b), len(a))):
+            if i >= len(a):
+                out.append(FieldDiff(path=(*path, i), kind="removed", before=b[i]))
+            elif i >= len(b):
+                out.append(FieldDiff(path=(*path, i), kind="added", after=a[i]))
+            else:
+                _diff(b[i], a[i], (*path, i), out)
+        return
+    if not _same(b, a):
+        out.append(FieldDiff(path=path, kind="changed", before=b, after=a))
+
+
+# ---- changes and plans ---------------------------------------------------------------------------
+
+
+class Change(BaseModel):
+    """One resource's change. ``id`` is the resource's full name (``projects/p/global/...``), or for
+    a Cloud Armor rule ``{policy name}/rules/{priority}``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: str
+    id: str
+    action: Action
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+    precondition: str | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> Change:
+        want_before = self.action is not Action.CREATE
+        want_after = self.action is not Action.DELETE
+        if (self.before is not None) != want_before or (self.after is not None) != want_after:
+            raise ValueError(
+                f"{self.action.value} {self.kind} {self.id}: before must be "
+                f"{'present' if want_before else 'absent'} and after {'present' if want_after else 'absent'}"
+            )
+        if not self.kind or not self.id:
+            raise ValueError("a change needs a kind and an id")
+        return self
+
+    @property
+    def key(self) -> str:
+        """``kind:id``, the key of this resource in ``Plan.preconditions``."""
+        return f"{self.kind}:{self.id}"
+
+    def diff(self) -> list[FieldDiff]:
+        return diff_fields(self.before, self.after)
+
+    def masked(self, mask: SecretMask) -> Change:
+        before, _ = mask.apply(self.kind, self.before)
+        after, _ = mask.apply(self.kind, self.after)
+        return self.model_copy(update={"before": before, "after": after})
+
+    def summary(self, mask: SecretMask = NO_MASK) -> str:
+        """A header line and one line per differing field (secret env values masked by ``mask``)."""
+        shown = self.masked(mask)
+        guard = f"  ({self.precondition})" if self.precondition else ""
+        head = f"{_SYMBOL[self.action]} {self.action.value} {self.kind} {self.id}{guard}"
+        if self.action is Action.NOOP:
+            return head
+        return "\n".join([head, *(f"    {d.render()}" for d in shown.diff())])
+
+
+def key_of(kind: str, resource_id: str) -> str:
+    return f"{kind}:{resource_id}"
+
+
+class Moved(BaseModel):
+    """A precondition that no longer holds: ``planned`` was seen at plan time, ``current`` now
+    (``None`` = the resource does not exist)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    key: str
+    planned: str | None
+    current: str | None
+
+
+class Plan(BaseModel):
+    """What one deploy of one service will change, made at ``created_at`` from the config whose
+    digest is ``config_digest``. ``preconditions`` holds the etag / fingerprint of every resource
+    the plan was made against, by ``Change.key`` (``None`` = it did not exist), including resources
+    that need no change. ``masked`` plans (for display) can never be applied."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: Literal[1] = PLAN_FORMAT
+    service: str
+    created_at: AwareDatetime
+    config_digest: str
+    changes: tuple[Change, ...] = ()
+    preconditions: dict[str, str | None] = {}
+    masked: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect_preconditions(cls, data: Any) -> Any:
+        """Every change's precondition is in ``preconditions`` (filled in when left out)."""
+        if not isinstance(data, dict):
+            return data
+        pre = dict(data.get("preconditions") or {})
+        for raw in data.get("changes") or ():
+            try:
+                change = raw if isinstance(raw, Change) else Change.model_validate(raw)
+            except ValidationError:
+                continue  # reported by field validation, with its location (changes.N....)
+            if change.key not in pre:
+                pre[change.key] = change.precondition
+            elif pre[change.key] != change.precondition:
+                raise ValueError(
+                    f"precondition of {change.key} is {change.precondition!r} in its change "
+                    f"but {pre[change.key]!r} in preconditions"
+                )
+        return {**data, "preconditions": pre}
+
+    @model_validator(mode="after")
+    def _unique(self) -> Plan:
+        keys = [c.key for c in self.changes]
+        dupes = sorted({k for k in keys if keys.count(k) > 1})
+        if dupes:
+            raise ValueError(f"more than one change for {', '.join(dupes)}")
+        return self
+
+    # ---- reading it ----
+    @property
+    def is_empty(self) -> bool:
+        """True when applying the plan would change nothing."""
+        return all(c.action is Action.NOOP for c in self.changes)
+
+    def counts(self) -> dict[Action, int]:
+        return {a: sum(1 for c in self.changes if c.action is a) for a in Action}
+
+    def effective(self) -> list[Change]:
+        """The changes that do something, in plan order."""
+        return [c for c in self.changes if c.action is not Action.NOOP]
+
+    def moved(self, current: Mapping[str, str | None]) -> list[Moved]:
+        """The preconditions that no longer hold, given the etags / fingerprints observed now.
+
+        A key missing from ``current`` means the resource does not exist now."""
+        return [
+            Moved(key=key, planned=planned, current=current.get(key))
+            for key, planned in sorted(self.preconditions.items())
+            if current.get(key) != planned
+        ]
+
+    def summary(self, mask: SecretMask = NO_MASK) -> str:
+        n = self.counts()
+        lines = [c.summary(mask) for c in self.changes if c.action is not Action.NOOP]
+        tail = (
+            f"Plan for {self.service}: {n[Action.CREATE]} to create, {n[Action.UPDATE]} to update, "
+            f"{n[Action.DELETE]} to delete, {n[Action.NOOP]} unchanged."
+        )
+        if self.is_empty:
+            tail = f"No changes for {self.service}: the live resources match the config ({n[Action.NOOP]} checked)."
+        return "\n".join([*lines, tail])
+
+    # ---- as a file ----
+    def masked_copy(self, mask: SecretMask) -> Plan:
+        """The plan with secret values masked, for ``plan --json`` output (cannot be applied)."""
+        return self.model_copy(update={"changes": tuple(c.masked(mask) for c in self.changes), "masked": True})
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=indent, ensure_ascii=False)
+
+    def digest(self) -> str:
+        """``sha256:<hex>`` of the plan's canonical JSON (the journal records it)."""
+        canon = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return "sha256:" + hashlib.sha256(canon.encode()).hexdigest()
+
+    @classmethod
+    def from_json(cls, text: str | bytes, *, source: str = "<plan>") -> Plan:
+        """Read a saved plan; anything else is one ``PlanFileError`` line naming ``source``."""
+        try:
+            doc = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise PlanFileError(f"{source}: not JSON: {exc}") from exc
+        if isinstance(doc, dict) and doc.get("format") not in (None, PLAN_FORMAT):
+            raise PlanFileError(
+                f"{source}: plan format {doc.get('format')!r} is not supported (this deployer reads {PLAN_FORMAT})",
+                hint="make the plan again with this deployer version",
+            )
+        try:
+            return cls.model_validate(doc)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ())) or "(top)"
+            raise PlanFileError(f"{source}: not a deployer plan: {where}: {first.get('msg')}") from exc
+
+
+# ==================================================================================================
+# make_plan(desired, observed) -> Plan
+#
+# Reserved for the orchestrator (issue 6): the pure diff of the desired state (config.py) against
+# the observed state (gcp/ adapters) into the ``Change``s above, one per resource, with ``before``
+# the REST-shaped resource as read, ``after`` what it must become, and ``precondition`` its
+# etag / fingerprint. It belongs here, below this line.
+# ==================================================================================================

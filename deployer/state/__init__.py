@@ -1,0 +1,76 @@
+"""Where deployer keeps what must outlive a process: journals, locks, pins.
+
+A ``StateStore`` is a flat namespace of keys (``deploys/api/d-20261126-145201-a1b2.json``) holding
+bytes, each with a *generation* that changes on every write. Every write and delete may carry a
+precondition on it, as Cloud Storage's ``ifGenerationMatch`` does: ``if_generation=N`` succeeds only
+if the object is still at generation N, ``0`` only if it does not exist, ``None`` unconditionally.
+That compare-and-swap is what makes two writers never both win (a lost race raises
+``StaleStateError``). Generations are opaque: compare them for equality, never do arithmetic.
+
+Implementations: ``local.LocalStateStore`` (a directory) and, in issue 7, a Cloud Storage one; both
+pass ``tests/state/test_store_contract.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Protocol, runtime_checkable
+
+from deployer.errors import StateError
+
+# Keys: '/'-separated segments of letters, digits, '.', '_', '-', none starting with '.', so every
+# key is also a valid relative path and a valid Cloud Storage object name.
+_SEGMENT = r"[A-Za-z0-9_-][A-Za-z0-9._-]*"
+KEY_RE = re.compile(rf"{_SEGMENT}(/{_SEGMENT})*")
+KEY_MAX = 512
+
+
+def check_key(key: str) -> str:
+    """``key`` if it is a valid state key, else ``ValueError`` (keys are built by code, not users)."""
+    if not isinstance(key, str) or len(key) > KEY_MAX or not KEY_RE.fullmatch(key):
+        raise ValueError(f"invalid state key {key!r}")
+    return key
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """Generation-checked object storage. See the module docstring for the semantics."""
+
+    def read(self, key: str) -> tuple[bytes, int] | None:
+        """The object's data and generation, or ``None`` when it does not exist."""
+        ...
+
+    def write(self, key: str, data: bytes, *, if_generation: int | None) -> int:
+        """Replace the object atomically and return its new generation.
+
+        ``if_generation``: ``None`` = unconditionally, ``0`` = only if it does not exist, ``N`` = only
+        if it is at generation N. Raises ``StaleStateError`` when the precondition fails."""
+        ...
+
+    def delete(self, key: str, *, if_generation: int | None) -> bool:
+        """Delete the object; ``False`` when it did not exist (and ``if_generation`` was ``None``).
+
+        ``if_generation=N`` raises ``StaleStateError`` when the object is not at N (or is gone)."""
+        ...
+
+    def list(self, prefix: str) -> list[str]:
+        """Every key starting with ``prefix`` (a plain string prefix), sorted."""
+        ...
+
+
+def read_json(store: StateStore, key: str) -> tuple[Any, int] | None:
+    """Read and parse a JSON object; a corrupt one is a ``StateError`` naming the key."""
+    got = store.read(key)
+    if got is None:
+        return None
+    data, generation = got
+    try:
+        return json.loads(data), generation
+    except ValueError as exc:
+        raise StateError(f"state object {key} is not valid JSON: {exc}") from exc
+
+
+def dump_json(doc: Any) -> bytes:
+    """The bytes deployer writes for a JSON state object (readable, stable key order)."""
+    return (json.dumps(doc, indent=1, ensure_ascii=False, sort_keys=False) + "\n").encode()
