@@ -1,0 +1,3 @@
+from tests.state.stores import store, store_spec
+
+__all__ = ["store", "store_spec"]
