@@ -139,3 +139,21 @@ def deny_action(status: int) -> str:
 
 
 ARMOR_DENY_ACTIONS = tuple(deny_action(s) for s in ARMOR_DENY_STATUSES)
+# compute.proto SecurityPolicyRule.action (the *rule's* own action, not a rate limit's exceed action):
+# "deny(STATUS): deny access to target, returns the HTTP response code specified. Valid values for
+# `STATUS` are 403, 404, and 502." (429 is only valid as a rate limit's exceed_action, §3.2.)
+ARMOR_RULE_DENY_STATUSES = (403, 404, 502)
+ARMOR_RULE_DENY_ACTIONS = tuple(deny_action(s) for s in ARMOR_RULE_DENY_STATUSES)
+# compute.proto SecurityPolicyRule.action: allow, deny(STATUS), rate_based_ban, redirect, throttle, and
+# "fairshare (preview only): … only allowed in security policies of type CLOUD_ARMOR_INTERNAL_SERVICE."
+ARMOR_RULE_ACTIONS = ("allow", *ARMOR_RULE_DENY_ACTIONS, "rate_based_ban", "redirect", "throttle", "fairshare")
+# compute.proto SecurityPolicyRuleMatcher.versioned_expr: "SRC_IPS_V1 - must specify the corresponding
+# src_ip_range field in config."
+ARMOR_VERSIONED_EXPRS = ("SRC_IPS_V1",)
+# §3.2 enforce_on_key_configs: "You can specify up to 3 enforce_on_key_configs. If enforce_on_key_configs
+# is specified, enforce_on_key must not be specified."
+ARMOR_ENFORCE_ON_KEY_CONFIGS_MAX = 3
+# §3.1 proto: "If no rules are provided when creating a security policy, a default rule with action
+# 'allow' will be added." (The overview page says the default rule's default action is deny; the
+# local cloud follows the proto. Always set the default rule explicitly.)
+ARMOR_DEFAULT_RULE_ACTION = "allow"
