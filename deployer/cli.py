@@ -43,6 +43,95 @@ def localcloud_up(
     serve(api_port=api_port, lb_port=lb_port, seed_file=seed, host=host)
 
 
+@app.command("gate")
+def gate(
+    url: Annotated[str, typer.Argument(help="ws:// or wss:// URL of the WebSocket endpoint.")],
+    connections: Annotated[int, typer.Option("--connections", "-n", help="Connections in total.")] = 20,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Connections at once.")] = 50,
+    hold: Annotated[float, typer.Option("--hold", help="Seconds to keep each connection open.")] = 0.0,
+    ping: Annotated[int, typer.Option("--ping", help="WebSocket pings per connection.")] = 1,
+    send: Annotated[str | None, typer.Option("--send", help="Text to send after the upgrade.")] = None,
+    expect: Annotated[str | None, typer.Option("--expect", help="Regex a reply to --send must match.")] = None,
+    header: Annotated[list[str] | None, typer.Option("--header", "-H", help="Extra header 'Name: value'.")] = None,
+    bearer_env: Annotated[
+        str | None, typer.Option("--bearer-env", help="Environment variable holding a bearer token.")
+    ] = None,
+    id_token: Annotated[
+        bool, typer.Option("--id-token", help="Send a Google ID token (IAM-protected Cloud Run).")
+    ] = False,
+    audience: Annotated[
+        str | None, typer.Option("--audience", help="ID token audience (default https://<host>).")
+    ] = None,
+    subprotocol: Annotated[list[str] | None, typer.Option("--subprotocol", help="Offered subprotocol.")] = None,
+    origin: Annotated[str | None, typer.Option("--origin", help="Origin header.")] = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Host header, e.g. TAG---SERVICE.localhost for a tagged revision.")
+    ] = None,
+    p95_ms: Annotated[float | None, typer.Option("--p95-ms", help="Handshake p95 limit (default 5000).")] = None,
+    min_samples: Annotated[int, typer.Option("--min-samples", help="Fewer measured: Inconclusive.")] = 10,
+    open_timeout: Annotated[float, typer.Option("--open-timeout", help="Seconds for connect+TLS+upgrade.")] = 10.0,
+    ping_timeout: Annotated[float, typer.Option("--ping-timeout", help="Seconds to wait for each pong.")] = 5.0,
+    app_timeout: Annotated[float, typer.Option("--app-timeout", help="Seconds to wait for --expect.")] = 5.0,
+    max_failure_ratio: Annotated[float, typer.Option("--max-failure-ratio", help="Failure budget (0..1).")] = 0.0,
+    max_error_ratio: Annotated[
+        float, typer.Option("--max-error-ratio", help="'Could not measure' budget (0..1).")
+    ] = 0.1,
+    ca_file: Annotated[str | None, typer.Option("--ca-file", help="Extra CA bundle for wss://.")] = None,
+    compression: Annotated[
+        bool, typer.Option("--compression/--no-compression", help="Offer permessage-deflate.")
+    ] = True,
+    json_out: Annotated[bool, typer.Option("--json", help="Full JSON evidence on stdout.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each failed connection.")] = False,
+) -> None:
+    """Probe a WebSocket endpoint with real connections: exit 0 Passed, 1 Failed, 3 Inconclusive or Error."""
+    from deployer.gate.command import build_spec, run_command
+
+    spec = build_spec(
+        url,
+        connections=connections,
+        concurrency=concurrency,
+        hold_s=hold,
+        pings=ping,
+        send=send,
+        expect=expect,
+        headers=header or [],
+        bearer_env=bearer_env,
+        id_token=id_token,
+        audience=audience,
+        subprotocols=subprotocol or [],
+        origin=origin,
+        host=host,
+        p95_ms=p95_ms,
+        min_samples=min_samples,
+        open_timeout_s=open_timeout,
+        ping_timeout_s=ping_timeout,
+        app_timeout_s=app_timeout,
+        max_failure_ratio=max_failure_ratio,
+        max_error_ratio=max_error_ratio,
+        ca_file=ca_file,
+        compression=compression,
+    )
+    raise typer.Exit(run_command(spec, json_out=json_out, verbose=verbose))
+
+
+@app.command("check")
+def check(
+    config: Annotated[str, typer.Option("--config", "-c", help="The deploy config (YAML).")],
+    live: Annotated[
+        bool, typer.Option("--live", help="Also read the live state (the config's endpoint, or Google).")
+    ] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="The findings as JSON on stdout.")] = False,
+    allow_env_removal: Annotated[
+        bool,
+        typer.Option("--allow-env-removal", help="Env vars the live revision has and the config drops: intended."),
+    ] = False,
+) -> None:
+    """Check a config against Google's documented rules: exit 0 no errors, 1 errors, 2 unloadable config."""
+    from deployer.check import run_check
+
+    raise typer.Exit(run_check(config, live=live, json_out=json_out, allow_env_removal=allow_env_removal))
+
+
 def _report(exc: Any) -> int:
     print(f"error: {exc.message}", file=sys.stderr)
     if getattr(exc, "hint", None):
@@ -55,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     from deployer.errors import DeployerError
 
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode, click *returns* the code of a `typer.Exit(code)` raised in a command.
+        result = app(args=argv, standalone_mode=False)
     except DeployerError as exc:
         return _report(exc)
     except typer.Exit as exc:
@@ -71,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         if show is not None:
             show()
         return int(getattr(exc, "exit_code", 2))
-    return 0
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

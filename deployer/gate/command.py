@@ -1,0 +1,107 @@
+"""``deployer gate``: command-line values → ``GateSpec`` → run → rendered verdict → exit code.
+
+Kept out of ``deployer/cli.py`` so the CLI stays a list of thin commands (and ``scripts/validate_websocket.py``
+reuses the same path). Exit codes: 0 Passed, 1 Failed, 3 Inconclusive or Error, 2 usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+from deployer.errors import UsageError
+from deployer.gate.spec import GateSpec, parse_header
+from deployer.gate.verdict import Thresholds
+
+# A progress line is worth drawing only when the run takes a while.
+_PROGRESS_MIN_HOLD_S = 1.0
+_PROGRESS_MIN_CONNECTIONS = 100
+
+
+def build_spec(
+    url: str,
+    *,
+    connections: int,
+    concurrency: int,
+    hold_s: float,
+    pings: int,
+    send: str | None,
+    expect: str | None,
+    headers: Sequence[str],
+    bearer_env: str | None,
+    id_token: bool,
+    audience: str | None,
+    subprotocols: Sequence[str],
+    origin: str | None,
+    host: str | None,
+    p95_ms: float | None,
+    min_samples: int,
+    open_timeout_s: float,
+    ping_timeout_s: float,
+    app_timeout_s: float,
+    max_failure_ratio: float,
+    max_error_ratio: float,
+    ca_file: str | None,
+    compression: bool,
+    env: Mapping[str, str] | None = None,
+) -> GateSpec:
+    """Validate the command line into a spec; every problem is one ``UsageError`` line (exit 2)."""
+    env = os.environ if env is None else env
+    if bearer_env is not None and not env.get(bearer_env):
+        raise UsageError(f"environment variable {bearer_env} (--bearer-env) is empty or not set")
+    if ca_file is not None and not os.path.isfile(ca_file):
+        raise UsageError(f"--ca-file {ca_file}: no such file")
+    thresholds = Thresholds(
+        min_samples=min_samples,
+        max_failure_ratio=max_failure_ratio,
+        max_error_ratio=max_error_ratio,
+        **({"handshake_p95_ms": p95_ms} if p95_ms is not None else {}),
+    )
+    return GateSpec(
+        url=url,
+        connections=connections,
+        concurrency=concurrency,
+        open_timeout_s=open_timeout_s,
+        pings=pings,
+        ping_timeout_s=ping_timeout_s,
+        send=send,
+        expect=expect,
+        app_timeout_s=app_timeout_s,
+        hold_s=hold_s,
+        headers=tuple(parse_header(h) for h in headers),
+        bearer_env=bearer_env,
+        id_token=id_token,
+        audience=audience,
+        subprotocols=tuple(subprotocols),
+        origin=origin,
+        host=host,
+        compression=compression,
+        ca_file=ca_file,
+        thresholds=thresholds,
+    )
+
+
+def run_command(spec: GateSpec, *, json_out: bool, verbose: bool = False) -> int:
+    """Run the gate, print the table (or JSON) on stdout, return the exit code."""
+    from rich.console import Console
+
+    from deployer import logs
+    from deployer.gate.probe import run_gate
+    from deployer.gate.report import progress_line, render, to_json_text
+
+    logs.configure(level="debug" if verbose else "warning")
+    err = Console(stderr=True)
+    long_run = spec.hold_s >= _PROGRESS_MIN_HOLD_S or spec.connections >= _PROGRESS_MIN_CONNECTIONS
+    with progress_line(err, spec.connections, enabled=err.is_terminal and long_run) as on_progress:
+        verdict = asyncio.run(run_gate(spec, on_progress=on_progress))
+    if json_out:
+        sys.stdout.write(to_json_text(verdict) + "\n")
+        sys.stdout.flush()
+    else:
+        out = Console(highlight=False)
+        if not out.is_terminal:  # CI logs: no 80-column wrapping of reasons and bodies
+            out = Console(highlight=False, width=160)
+        render(verdict, out)
+    return verdict.exit_code
