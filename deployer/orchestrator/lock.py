@@ -1,0 +1,321 @@
+"""One deploy per service at a time: a lease at ``locks/{service}.json`` in the state store.
+
+- ``acquire`` creates the lease only if absent (``if_generation=0``). A lease that exists is
+  ``LockHeldError`` (exit 4, naming the holder) unless ``may_take`` (pure) says it may be taken: it
+  expired *and* its deploy's journal is finished (or was never written), or it is this very deploy
+  being resumed after its lease expired, or the caller preempts (the emergency rollback, issue 7).
+  Taking over writes at the old lease's generation, so of two takers exactly one wins.
+- The holder heartbeats (``Lease.heartbeat``, or ``Lease.keep_alive()`` in a thread), each time
+  at the generation it last wrote: if anyone else wrote or deleted the lease, the heartbeat raises
+  ``LockLostError`` and ``Lease.lost`` is set; the deploy checks it between steps and stops.
+- ``release`` deletes the lease at its generation.
+
+Times come from an injected clock. Expiry is judged on the reader's clock against the holder's
+written ``expires_at``: keep the TTL well above any clock skew between machines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+import structlog
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from deployer.errors import LockHeldError, LockLostError, StaleStateError, StateError
+from deployer.orchestrator.owner import Owner
+from deployer.state import StateStore, check_key, dump_json, read_json
+
+LOCK_TTL = timedelta(minutes=2)
+HEARTBEAT_EVERY = timedelta(seconds=30)
+
+_log = structlog.get_logger("deployer.lock")
+
+
+def lock_key(service: str) -> str:
+    return check_key(f"locks/{service}.json")
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class LockInfo(BaseModel):
+    """A lease as stored, plus the ``generation`` it was read at (not stored)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    service: str
+    deploy_id: str
+    purpose: str = "deploy"  # deploy | rollback | resume
+    owner: Owner
+    acquired_at: AwareDatetime
+    heartbeat_at: AwareDatetime
+    expires_at: AwareDatetime
+    generation: int = Field(default=0, exclude=True)
+
+    def expired(self, now: datetime) -> bool:
+        return now >= self.expires_at
+
+    def describe(self, now: datetime) -> str:
+        left = (self.expires_at - now).total_seconds()
+        lease = f"lease expired {-left:.0f} s ago" if left <= 0 else f"lease expires in {left:.0f} s"
+        return (
+            f"{self.purpose} {self.deploy_id} by {self.owner.describe()}, "
+            f"since {self.acquired_at.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z ({lease})"
+        )
+
+
+class HolderJournal(StrEnum):
+    """What the lease holder's journal says (the caller reads it; lock.py does not)."""
+
+    MISSING = "missing"  # never written: the holder died before acting
+    RUNNING = "running"  # not finished: resume or roll it back first
+    FINISHED = "finished"
+
+
+class Takeover(StrEnum):
+    FREE = "free"  # no lease: create it
+    TAKE_OVER = "take_over"  # replace the lease at its generation
+    HELD = "held"  # alive (not expired): refuse, exit 4
+    RESUME_FIRST = "resume_first"  # expired, but its deploy may have left things half-changed
+
+
+def may_take(
+    lease: LockInfo | None,
+    *,
+    now: datetime,
+    deploy_id: str,
+    holder_journal: HolderJournal | None,
+    preempt: bool = False,
+) -> Takeover:
+    """Whether ``deploy_id`` may take the service lock (pure).
+
+    ``holder_journal`` is the state of the holder's journal, ``None`` when the caller did not look
+    (then an expired lease is never taken: its deploy may need resuming). ``preempt`` (the emergency
+    rollback) takes any lease; the deploy it displaces notices at its next heartbeat and stops.
+    """
+    if lease is None:
+        return Takeover.FREE
+    if preempt:
+        return Takeover.TAKE_OVER
+    if not lease.expired(now):
+        return Takeover.HELD  # the holder is alive (or died less than a TTL ago), even if it is us
+    if lease.deploy_id == deploy_id:
+        return Takeover.TAKE_OVER  # resuming our own deploy after its process died
+    if holder_journal in (HolderJournal.FINISHED, HolderJournal.MISSING):
+        return Takeover.TAKE_OVER
+    return Takeover.RESUME_FIRST
+
+
+class ServiceLock:
+    """The lock of one service in one state store."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        service: str,
+        *,
+        clock: Callable[[], datetime] = _utcnow,
+        ttl: timedelta = LOCK_TTL,
+    ) -> None:
+        self.store, self.service, self.clock, self.ttl = store, service, clock, ttl
+        self.key = lock_key(service)
+
+    def read(self) -> LockInfo | None:
+        got = read_json(self.store, self.key)
+        if got is None:
+            return None
+        doc, generation = got
+        try:
+            return LockInfo.model_validate({**doc, "generation": generation})
+        except (ValidationError, TypeError) as exc:
+            raise StateError(
+                f"the lock {self.key} is unreadable",
+                hint=f"inspect it; `deployer unlock --force --reason ...` removes it ({exc.__class__.__name__})",
+            ) from exc
+
+    def acquire(
+        self,
+        deploy_id: str,
+        owner: Owner,
+        *,
+        purpose: str = "deploy",
+        holder_journal: Callable[[LockInfo], HolderJournal] | None = None,
+        preempt: bool = False,
+    ) -> Lease:
+        """Take the lock for ``deploy_id`` or raise ``LockHeldError`` naming the holder.
+
+        ``holder_journal(lease)`` is asked only for an expired lease (read the holder's journal)."""
+        for _ in range(5):  # only a race with another taker loops
+            current = self.read()
+            now = self.clock()
+            journal_state = None
+            if current is not None and current.expired(now) and holder_journal is not None:
+                journal_state = holder_journal(current)
+            verdict = may_take(current, now=now, deploy_id=deploy_id, holder_journal=journal_state, preempt=preempt)
+            if verdict is Takeover.HELD and current is not None:
+                raise LockHeldError(
+                    f"{self.service} is locked by {current.describe(now)}",
+                    hint="wait for it to finish; if it died, its lease expires and `deployer resume -c CONFIG` "
+                    "finishes or rolls it back",
+                    holder=current.model_dump(mode="json"),
+                )
+            if verdict is Takeover.RESUME_FIRST and current is not None:
+                raise LockHeldError(
+                    f"{self.service} is locked by {current.describe(now)}, and that deploy's journal is not "
+                    "finished: it may have left resources half-changed",
+                    hint=f"run `deployer resume -c CONFIG` to finish or roll back {current.deploy_id} first",
+                    holder=current.model_dump(mode="json"),
+                )
+            info = LockInfo(
+                service=self.service,
+                deploy_id=deploy_id,
+                purpose=purpose,
+                owner=owner,
+                acquired_at=now,
+                heartbeat_at=now,
+                expires_at=now + self.ttl,
+            )
+            expect = 0 if current is None else current.generation
+            try:
+                generation = self.store.write(self.key, dump_json(info.model_dump(mode="json")), if_generation=expect)
+            except StaleStateError:
+                continue
+            info = info.model_copy(update={"generation": generation})
+            _log.info(
+                "lock.acquired",
+                service=self.service,
+                deploy_id=deploy_id,
+                purpose=purpose,
+                took_over_from=current.deploy_id if current is not None else None,
+                preempted=bool(preempt and current is not None and not current.expired(now)),
+            )
+            return Lease(self, info)
+        raise LockHeldError(
+            f"{self.service}: the lock keeps changing hands; another deploy is taking it right now",
+            hint="try again in a minute",
+        )
+
+    def force_unlock(self, *, reason: str, by: Owner) -> LockInfo | None:
+        """Remove whatever lease is there (``deployer unlock --force --reason``); returns it, or
+        ``None`` when there was none. The caller journals it (decision ``force_unlock``)."""
+        current = self.read()
+        if current is None:
+            return None
+        try:
+            self.store.delete(self.key, if_generation=current.generation)
+        except StaleStateError as exc:
+            raise StateError(
+                f"the lock of {self.service} changed while it was being removed", hint="look at it again"
+            ) from exc
+        _log.warning(
+            "lock.forced_unlock",
+            service=self.service,
+            deploy_id=current.deploy_id,
+            holder=current.owner.describe(),
+            reason=reason,
+            by=by.describe(),
+        )
+        return current
+
+
+class Lease:
+    """A held lock. Thread-safe: the heartbeat thread and the deploy share it."""
+
+    def __init__(self, lock: ServiceLock, info: LockInfo) -> None:
+        self._lock_ref = lock
+        self._info = info
+        self._mutex = threading.Lock()
+        self.lost = threading.Event()
+        self.released = False
+
+    @property
+    def info(self) -> LockInfo:
+        with self._mutex:
+            return self._info
+
+    def _lost(self, why: str, cause: BaseException | None = None) -> LockLostError:
+        self.lost.set()
+        lock = self._lock_ref
+        now_holder = None
+        with contextlib.suppress(StateError):
+            now_holder = lock.read()
+        who = f"; it is now held by {now_holder.describe(lock.clock())}" if now_holder else "; it was removed"
+        _log.error("lock.lost", service=lock.service, deploy_id=self._info.deploy_id, why=why)
+        err = LockLostError(
+            f"{lock.service}: this deploy ({self._info.deploy_id}) lost its lock ({why}){who}",
+            hint="another deploy, a rollback or `unlock --force` took it; this deploy stops here",
+        )
+        err.__cause__ = cause
+        return err
+
+    def heartbeat(self) -> LockInfo:
+        """Extend the lease; ``LockLostError`` when anyone else wrote or removed it."""
+        lock = self._lock_ref
+        with self._mutex:
+            if self.released:
+                raise LockLostError(f"{lock.service}: the lease of {self._info.deploy_id} was already released")
+            now = lock.clock()
+            new = self._info.model_copy(update={"heartbeat_at": now, "expires_at": now + lock.ttl})
+            try:
+                generation = lock.store.write(
+                    lock.key, dump_json(new.model_dump(mode="json")), if_generation=self._info.generation
+                )
+            except StaleStateError as exc:
+                raise self._lost("the lease changed under us", exc) from exc
+            self._info = new.model_copy(update={"generation": generation})
+            return self._info
+
+    def check(self) -> None:
+        """Raise ``LockLostError`` if a heartbeat found the lease gone (call between steps)."""
+        if self.lost.is_set():
+            raise LockLostError(
+                f"{self._lock_ref.service}: this deploy ({self._info.deploy_id}) lost its lock",
+                hint="another deploy, a rollback or `unlock --force` took it; this deploy stops here",
+            )
+
+    def release(self) -> None:
+        """Remove the lease; ``LockLostError`` when it is no longer ours (nothing is removed then)."""
+        lock = self._lock_ref
+        with self._mutex:
+            if self.released:
+                return
+            try:
+                lock.store.delete(lock.key, if_generation=self._info.generation)
+            except StaleStateError as exc:
+                raise self._lost("it changed before release", exc) from exc
+            self.released = True
+        _log.info("lock.released", service=lock.service, deploy_id=self._info.deploy_id)
+
+    @contextlib.contextmanager
+    def keep_alive(self, every: timedelta = HEARTBEAT_EVERY) -> Iterator[Lease]:
+        """Heartbeat in a daemon thread while the block runs. A lost lease sets ``lost`` and stops
+        the thread; a store error is logged and retried at the next beat (if it lasts past the TTL,
+        someone may take the lease and the next beat finds it lost)."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(every.total_seconds()):
+                try:
+                    self.heartbeat()
+                except LockLostError:
+                    return
+                except StateError as exc:
+                    _log.warning("lock.heartbeat_failed", service=self._lock_ref.service, error=str(exc))
+
+        thread = threading.Thread(target=beat, name=f"lease-{self._lock_ref.service}", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join(timeout=max(5.0, every.total_seconds()))
+
+    def __repr__(self) -> str:
+        info: Any = self._info
+        return f"Lease({info.service!r}, {info.deploy_id!r}, generation={info.generation})"
