@@ -246,6 +246,8 @@ class LocalCloud:
             ) from exc
         self._runners.append(runner)
         self.api_port = runner.addresses[0][1]
+        if self.runtime is not None and hasattr(self.runtime, "api_url"):
+            self.runtime.api_url = self.endpoint  # revision failure messages link to their logs here
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)

@@ -20,8 +20,9 @@ from aiohttp import web
 from deployer.localcloud.api.common import ApiError, Route, json_response, read_json_object
 from deployer.localcloud.world import FaultRule, World
 
-# The order resources are seeded in: what is referenced must exist first.
-SEED_ORDER = ("run", "compute", "storage")
+# The order resources are seeded in: what is referenced must exist first. "runtime" (present when
+# revisions run as processes) takes the seed's ``secrets``/``secrets_file`` before revisions start.
+SEED_ORDER = ("runtime", "run", "compute", "storage")
 
 
 async def health(request: web.Request, world: World) -> web.StreamResponse:
