@@ -166,9 +166,10 @@ class ServiceLock:
                     holder=current.model_dump(mode="json"),
                 )
             if verdict is Takeover.RESUME_FIRST and current is not None:
+                known = "is not finished" if journal_state is HolderJournal.RUNNING else "was not checked"
                 raise LockHeldError(
-                    f"{self.service} is locked by {current.describe(now)}, and that deploy's journal is not "
-                    "finished: it may have left resources half-changed",
+                    f"{self.service} is locked by {current.describe(now)}, and that deploy's journal {known}: "
+                    "it may have left resources half-changed",
                     hint=f"run `deployer resume -c CONFIG` to finish or roll back {current.deploy_id} first",
                     holder=current.model_dump(mode="json"),
                 )

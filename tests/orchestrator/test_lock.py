@@ -145,6 +145,8 @@ def test_an_expired_lease_whose_deploy_is_unfinished_must_be_resumed_first(store
             "d-20261126-145402-bbbb", ALICE, holder_journal=lambda _: HolderJournal.RUNNING
         )
     assert info.value.hint is not None and "deployer resume" in info.value.hint
+    with pytest.raises(LockHeldError, match="journal was not checked"):
+        ServiceLock(store, "api", clock=clock).acquire("d-20261126-145402-bbbb", ALICE)
     # resume of that very deploy takes it over
     resumed = ServiceLock(store, "api", clock=clock).acquire("d-20261126-145201-aaaa", ALICE, purpose="resume")
     assert resumed.info.purpose == "resume" and resumed.info.owner == ALICE
