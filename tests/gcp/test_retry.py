@@ -413,3 +413,48 @@ def test_retry_module_does_not_import_compute() -> None:
     code = "import sys, deployer.gcp.retry; print(any(m.startswith('google.cloud') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+# ---- the real Cloud Run client against the local cloud ---------------------------------------------------
+
+
+@pytest.fixture
+def run_service(localcloud: object, clients: object) -> tuple[object, object, str]:
+    from tests.localcloud.run_helpers import PARENT, new_service
+
+    svcs = clients.services()  # type: ignore[attr-defined]
+    svc = svcs.create_service(parent=PARENT, service=new_service(), service_id="chat").result()
+    return localcloud, svcs, svc.name
+
+
+def test_two_injected_503s_on_a_real_call_are_retried_and_complete(run_service: tuple, fake: FakeTime) -> None:
+    from deployer.localcloud.world import FaultRule
+
+    cloud, svcs, name = run_service
+    cloud.world.faults.add(FaultRule(method="run.services.get", status=503, count=2))
+    with capture_logs() as logs:
+        # retry=None: the library's own retry (clientlibs.md §3) must not hide the errors from ours
+        svc = call(lambda: svcs.get_service(name=name, retry=None), method="run.GetService", policy=policy(fake))
+    assert svc.name == name
+    assert [(e["event"], e["attempt"], e["status"]) for e in logs] == [("gcp.retry", 1, 503), ("gcp.retry", 2, 503)]
+    assert fake.sleeps == [1.0, 2.0]
+
+
+def test_a_real_stale_etag_update_is_a_conflict_and_is_not_retried(run_service: tuple, fake: FakeTime) -> None:
+    _cloud, svcs, name = run_service
+    stale = svcs.get_service(name=name)
+    fresh = svcs.get_service(name=name)
+    fresh.labels["touched"] = "by-someone-else"
+    svcs.update_service(service=fresh).result()
+    stale.labels["mine"] = "x"
+    with pytest.raises(ConflictError) as info:
+        call(lambda: svcs.update_service(service=stale).result(), method="run.UpdateService", policy=policy(fake))
+    assert (info.value.status, info.value.attempts, info.value.outcome_unknown) == (409, 1, False)
+    assert fake.sleeps == []
+
+
+def test_a_real_404_is_not_found(run_service: tuple, fake: FakeTime) -> None:
+    _cloud, svcs, name = run_service
+    with pytest.raises(NotFoundError) as info:
+        call(lambda: svcs.get_service(name=name + "-gone", retry=None), method="run.GetService", policy=policy(fake))
+    assert info.value.status == 404 and info.value.method == "run.GetService"
