@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deployer.localcloud.api.common import ApiError
-from deployer.localcloud.api.compute.models import State, check_custom_request_headers, install, merge_patch
+from deployer.localcloud.api.compute.models import State, install
+from deployer.localcloud.api.compute.rules import check_custom_request_headers, merge_patch
 from deployer.localcloud.world import World
 from tests.localcloud.compute_support import BS_URL, NEG_URL, PROJECT, SP_URL, WORLD
 

@@ -12,7 +12,7 @@ State layout (a contract: the local load balancer reads it): ``world.apis["compu
   (``0, 111111111, 2147483647, 555`` in compute-securitypolicy-basic.http.log), so clients must not
   rely on the order they receive.
 
-Every mutation answers a Compute ``Operation`` (``Operation`` below). Validation happens before the
+Every mutation answers a Compute ``Operation`` (``operations.py``). Validation happens before the
 operation exists (a 4xx on the call itself); the change is applied when the operation is created,
 and the operation reports ``RUNNING`` until ``world.faults.operation_duration("compute", method)``
 seconds of ``world.clock`` have passed (0: ``DONE`` at once). Doubt: real Google applies the change
@@ -36,48 +36,41 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import re
-import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from http import HTTPStatus
 from typing import Any
 
 from deployer import facts
 from deployer.cloudarmor import policy as armor
 from deployer.localcloud.api.common import DEFAULT_FAULT_MESSAGE, ApiError
+from deployer.localcloud.api.compute.links import (
+    NAME,
+    NAME_PATTERN,
+    REGION_LINK,
+    Link,
+    global_link,
+    invalid,
+    not_found,
+    parse_link,
+    region_link,
+    regional_link,
+)
+from deployer.localcloud.api.compute.operations import Operation, check_request_id
+from deployer.localcloud.api.compute.rules import (
+    check_custom_request_headers,
+    checked_rule,
+    checked_rules,
+    clear_masked,
+    in_use,
+    merge_patch,
+    render_policy,
+    sorted_rules,
+    url_map_references,
+)
 from deployer.localcloud.api.compute.wire import normalize
 from deployer.localcloud.world import World
 
-BASE = "https://www.googleapis.com/compute/v1"
-OPERATION_USER = "user@example.com"  # what the recordings show (normalised there)
 # Compute's empty-labels fingerprint, rendered as labelFingerprint on a policy without labels.
 EMPTY_LABEL_FINGERPRINT = "42WmSpB8rSM="
-# Compute resource names (RFC 1035), as Compute words the rule in its 400s.
-NAME_PATTERN = "[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?"
-_NAME = re.compile(f"^{NAME_PATTERN}$")
-_LINK = re.compile(
-    r"^(?:https?://[^/]+/compute/v1/)?projects/(?P<project>[^/]+)/"
-    r"(?:global|regions/(?P<region>[^/]+))/(?P<collection>[A-Za-z]+)/(?P<name>[^/?#]+)$"
-)
-_REGION_LINK = re.compile(r"^(?:https?://[^/]+/compute/v1/)?projects/[^/]+/(?:global/)?regions/(?P<region>[^/]+)$")
-# RFC 7230 token characters, for header names (§2.5 "a valid HTTP header-field name").
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-# Operation error codes by HTTP status, as Compute names them in ``error.errors[].code`` (doubt:
-# only CONDITION_NOT_MET and RESOURCE_NOT_FOUND are seen in public reports; the rest are our picks).
-_OPERATION_ERROR_CODES = {
-    400: "INVALID_USAGE",
-    403: "PERMISSION_DENIED",
-    404: "RESOURCE_NOT_FOUND",
-    409: "RESOURCE_ALREADY_EXISTS",
-    412: "CONDITION_NOT_MET",
-    429: "QUOTA_EXCEEDED",
-    500: "INTERNAL_ERROR",
-    502: "INTERNAL_ERROR",
-    503: "SERVICE_UNAVAILABLE",
-    504: "TIMEOUT",
-}
 FINGERPRINT_MESSAGE = "Supplied fingerprint does not match current metadata fingerprint."
 # Output-only fields a client may echo back from a GET; the server keeps its own values.
 _OUTPUT_ONLY = ("id", "kind", "selfLink", "creationTimestamp", "fingerprint")
@@ -87,132 +80,9 @@ _SHA256_EMPTY = hashlib.sha256(b"").hexdigest()  # iap.oauth2ClientSecretSha256 
 
 
 # ---- links -------------------------------------------------------------------------------------
-def global_link(project: str, collection: str, name: str | None = None) -> str:
-    base = f"{BASE}/projects/{project}/global/{collection}"
-    return f"{base}/{name}" if name else base
-
-
-def regional_link(project: str, region: str, collection: str, name: str | None = None) -> str:
-    base = f"{BASE}/projects/{project}/regions/{region}/{collection}"
-    return f"{base}/{name}" if name else base
-
-
-def region_link(project: str, region: str) -> str:
-    return f"{BASE}/projects/{project}/regions/{region}"
-
-
-@dataclass(frozen=True)
-class Link:
-    project: str
-    region: str | None
-    collection: str
-    name: str
-
-    @property
-    def path(self) -> str:
-        """``projects/p/global/backendServices/x`` (how Compute names a resource in messages)."""
-        where = f"regions/{self.region}" if self.region else "global"
-        return f"projects/{self.project}/{where}/{self.collection}/{self.name}"
-
-    @property
-    def url(self) -> str:
-        return f"{BASE}/{self.path}"
-
-
-def parse_link(value: str) -> Link | None:
-    """A full or partial Compute URL (``projects/p/global/backendServices/x``), or None."""
-    match = _LINK.match(value.strip()) if isinstance(value, str) else None
-    if match is None:
-        return None
-    return Link(match["project"], match["region"], match["collection"], match["name"])
-
-
-def not_found(path: str) -> ApiError:
-    return ApiError(404, f"The resource '{path}' was not found", reason="notFound")
-
-
-def invalid(field: str, value: Any, reason: str) -> ApiError:
-    return ApiError(
-        400, f"Invalid value for field '{field}': '{armor.render_value(value)}'. {reason}", reason="invalid"
-    )
-
-
-def _rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
 
 
 # ---- operations --------------------------------------------------------------------------------
-@dataclass
-class Operation:
-    """One Compute operation. ``region`` None means a global operation."""
-
-    project: str
-    region: str | None
-    name: str
-    id: str
-    operation_type: str
-    target_link: str
-    target_id: str
-    method: str
-    insert_time: float
-    done_at: float
-    error: tuple[int, str] | None = None  # (HTTP status, message) when it ends in error
-
-    def done(self, now: float) -> bool:
-        return now >= self.done_at
-
-    @property
-    def self_link(self) -> str:
-        if self.region:
-            return regional_link(self.project, self.region, "operations", self.name)
-        return global_link(self.project, "operations", self.name)
-
-    def render(self, now: float) -> dict[str, Any]:
-        """The REST shape of the recordings: RUNNING (progress 0) until done, then DONE (100)."""
-        done = self.done(now)
-        out: dict[str, Any] = {
-            "kind": "compute#operation",
-            "id": self.id,
-            "name": self.name,
-            "operationType": self.operation_type,
-            "progress": 100 if done else 0,
-            "status": "DONE" if done else "RUNNING",
-            "targetId": self.target_id,
-            "targetLink": self.target_link,
-            "selfLink": self.self_link,
-            "insertTime": _rfc3339(self.insert_time),
-            "startTime": _rfc3339(self.insert_time),
-            "user": OPERATION_USER,
-        }
-        if self.region:
-            out["region"] = region_link(self.project, self.region)
-        if done:
-            out["endTime"] = _rfc3339(self.done_at)
-            if self.error is not None:
-                status, message = self.error
-                # clientlibs.md §0 item 7: .result() raises only when BOTH httpErrorStatusCode and
-                # httpErrorMessage are set; error.errors carries the detail.
-                out["httpErrorStatusCode"] = status
-                out["httpErrorMessage"] = HTTPStatus(status).phrase.upper() if status in _STATUSES else "ERROR"
-                out["error"] = {
-                    "errors": [{"code": _OPERATION_ERROR_CODES.get(status, "INTERNAL_ERROR"), "message": message}]
-                }
-        return out
-
-
-_STATUSES = {s.value for s in HTTPStatus}
-
-
-def _check_request_id(request_id: str | None) -> None:
-    """proto: "The request ID must be a valid UUID with the exception that zero UUID is not supported"."""
-    if request_id is None:
-        return
-    try:
-        parsed = uuid.UUID(request_id)
-    except ValueError as exc:
-        raise invalid("requestId", request_id, "The request ID must be a valid UUID.") from exc
-    if parsed.int == 0:
-        raise invalid("requestId", request_id, "The zero UUID is not supported as a request ID.")
 
 
 # ---- the state ---------------------------------------------------------------------------------
@@ -303,7 +173,7 @@ class State:
 
     # ---- operations ----------------------------------------------------------------------------
     def _replayed(self, project: str, request_id: str | None) -> dict[str, Any] | None:
-        _check_request_id(request_id)
+        check_request_id(request_id)
         if request_id is None:
             return None
         key = self._request_ids.get((project, request_id))
@@ -367,7 +237,7 @@ class State:
         name = body.get("name")
         if not name:
             raise ApiError(400, "Required field 'resource.name' not specified", reason="required")
-        if not _NAME.match(str(name)):
+        if not NAME.match(str(name)):
             raise invalid("resource.name", name, f"Must be a match of regex '(?:{NAME_PATTERN})'")
         if exists(str(name)):
             raise ApiError(409, f"The resource '{path(str(name))}' already exists", reason="alreadyExists")
@@ -557,8 +427,8 @@ class State:
                 return replay
             resource = self._bs(project, name)
             for (p, map_name), url_map in self.url_maps.items():
-                if p == project and resource["selfLink"] in _references(url_map):
-                    raise _in_use("backend_service", resource, f"projects/{p}/global/urlMaps/{map_name}")
+                if p == project and resource["selfLink"] in url_map_references(url_map):
+                    raise in_use("backend_service", resource, f"projects/{p}/global/urlMaps/{map_name}")
 
             def commit() -> None:
                 self.backend_services.pop((project, name), None)
@@ -632,7 +502,7 @@ class State:
             for key in (*_OUTPUT_ONLY, "labelFingerprint"):
                 resource.pop(key, None)
             resource.setdefault("type", "CLOUD_ARMOR")
-            resource["rules"] = _checked_rules(resource.get("rules") or [], str(resource["type"]), creating=True)
+            resource["rules"] = checked_rules(resource.get("rules") or [], str(resource["type"]), creating=True)
             self._stamp(resource, "compute#securityPolicy", global_link(project, "securityPolicies", name))
             resource["labelFingerprint"] = EMPTY_LABEL_FINGERPRINT
 
@@ -674,9 +544,7 @@ class State:
             if "rules" in changes:
                 # The proto says patch "cannot be used to … update the rules", but the recorded real PATCH
                 # (compute-securitypolicy-basic.http.log) replaced all four rules; we follow the recording.
-                resource["rules"] = _checked_rules(
-                    resource.get("rules") or [], str(current.get("type")), creating=False
-                )
+                resource["rules"] = checked_rules(resource.get("rules") or [], str(current.get("type")), creating=False)
             else:
                 resource["rules"] = copy.deepcopy(current["rules"])
             resource.update({k: current[k] for k in (*_OUTPUT_ONLY, "labelFingerprint", "type") if k in current})
@@ -702,7 +570,7 @@ class State:
             resource = self._sp(project, name)
             for (p, bs_name), bs in self.backend_services.items():
                 if bs.get("securityPolicy") == resource["selfLink"]:
-                    raise _in_use("security_policy", resource, f"projects/{p}/global/backendServices/{bs_name}")
+                    raise in_use("security_policy", resource, f"projects/{p}/global/backendServices/{bs_name}")
 
             def commit() -> None:
                 self.security_policies.pop((project, name), None)
@@ -735,7 +603,7 @@ class State:
         with self.world.lock:
             rule = normalize("SecurityPolicyRule", body)
             current = self._sp(project, name)
-            rule = _checked_rule(rule, str(current.get("type")), "resource")
+            rule = checked_rule(rule, str(current.get("type")), "resource")
             priority = int(rule["priority"])
             if any(int(r["priority"]) == priority for r in current["rules"]):
                 # §3.1 "You cannot configure two or more rules with the same priority."
@@ -746,7 +614,7 @@ class State:
                     "priorities must be unique.",
                 )
             resource = copy.deepcopy(current)
-            resource["rules"] = _sorted_rules([*resource["rules"], rule])
+            resource["rules"] = sorted_rules([*resource["rules"], rule])
             resource["fingerprint"] = self.world.fingerprint()
             return self._commit_policy(project, name, resource, "addRule", validate_only)
 
@@ -772,7 +640,7 @@ class State:
             merged = {k: v for k, v in merged.items() if v is not None}
             clear_masked(merged, explicit, update_mask)
             merged.setdefault("priority", priority)
-            rule = _checked_rule(normalize("SecurityPolicyRule", merged), str(current.get("type")), "resource")
+            rule = checked_rule(normalize("SecurityPolicyRule", merged), str(current.get("type")), "resource")
             try:
                 armor.validate_action_change(str(old.get("action")), str(rule.get("action")))
             except armor.RuleError as exc:
@@ -789,7 +657,7 @@ class State:
                     )
             resource = copy.deepcopy(current)
             others = [r for r in resource["rules"] if int(r["priority"]) != priority]
-            resource["rules"] = _sorted_rules([*others, rule])
+            resource["rules"] = sorted_rules([*others, rule])
             resource["fingerprint"] = self.world.fingerprint()
             return self._commit_policy(project, name, resource, "patchRule", validate_only)
 
@@ -864,7 +732,7 @@ class State:
                 )
             for key in ("service", "tag"):
                 value = cloud_run.get(key)
-                if value is not None and not _NAME.match(str(value)):
+                if value is not None and not NAME.match(str(value)):
                     # proto: "must be 1-63 characters long, and comply with RFC1035" (gcp-facts §3.5 for tag).
                     raise invalid(
                         f"resource.cloudRun.{key}", value, "Must be 1-63 characters long, and comply with RFC1035."
@@ -897,7 +765,7 @@ class State:
             resource = self._neg(project, region, name)
             for (p, bs_name), bs in self.backend_services.items():
                 if any(b.get("group") == resource["selfLink"] for b in bs.get("backends") or []):
-                    raise _in_use("network_endpoint_group", resource, f"projects/{p}/global/backendServices/{bs_name}")
+                    raise in_use("network_endpoint_group", resource, f"projects/{p}/global/backendServices/{bs_name}")
 
             def commit() -> None:
                 self.negs.pop((project, region, name), None)
@@ -1060,7 +928,7 @@ class State:
             for item in _items(doc, "networkEndpointGroups"):
                 body = dict(item)
                 region = str(body.pop("region", None) or self.world.region)
-                match = _REGION_LINK.match(region)
+                match = REGION_LINK.match(region)
                 self.insert_neg(project, match["region"] if match else region, body)
             for item in _items(doc, "securityPolicies"):
                 self.insert_security_policy(project, item)
@@ -1083,43 +951,10 @@ def install(world: World) -> State:
 
 
 # ---- pure helpers ------------------------------------------------------------------------------
-def merge_patch(target: dict[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
-    """RFC 7396 JSON merge patch: objects merge, ``null`` deletes, lists and scalars replace."""
-    for key, value in patch.items():
-        if value is None:
-            target.pop(key, None)
-        elif isinstance(value, Mapping) and isinstance(target.get(key), dict):
-            target[key] = merge_patch(target[key], value)
-        else:
-            target[key] = copy.deepcopy(value)
-    return target
 
 
 def _without_output(resource: Mapping[str, Any]) -> dict[str, Any]:
     return {k: copy.deepcopy(v) for k, v in resource.items() if k not in _OUTPUT_ONLY}
-
-
-def _camel(segment: str) -> str:
-    return re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), segment)
-
-
-def clear_masked(target: dict[str, Any], explicit: Mapping[str, Any], update_mask: str | None) -> None:
-    """§3.6 "To clear fields in the rule, leave the fields empty and specify them in the updateMask":
-    each masked path (camelCase or snake_case) that ``explicit`` does not carry is removed from ``target``."""
-    for raw in (update_mask or "").split(","):
-        parts = [_camel(p) for p in raw.strip().split(".") if p]
-        if not parts:
-            continue
-        probe: Any = explicit
-        for part in parts:
-            probe = probe.get(part) if isinstance(probe, Mapping) else None
-        if probe is not None:
-            continue
-        parent: Any = target
-        for part in parts[:-1]:
-            parent = parent.get(part) if isinstance(parent, dict) else None
-        if isinstance(parent, dict):
-            parent.pop(parts[-1], None)
 
 
 def _items(doc: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
@@ -1127,103 +962,3 @@ def _items(doc: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
     if not isinstance(items, list) or not all(isinstance(i, Mapping) for i in items):
         raise ApiError(400, f"seed: {key} must be a list of objects in the Compute REST shape")
     return items
-
-
-def _references(url_map: Mapping[str, Any]) -> set[str]:
-    refs = {str(url_map.get("defaultService", ""))}
-    for matcher in url_map.get("pathMatchers") or []:
-        refs.add(str(matcher.get("defaultService", "")))
-        for rule in [*(matcher.get("pathRules") or []), *(matcher.get("routeRules") or [])]:
-            refs.add(str(rule.get("service", "")))
-    return refs
-
-
-def _in_use(kind: str, resource: Mapping[str, Any], user: str) -> ApiError:
-    path = parse_link(str(resource["selfLink"]))
-    name = path.path if path else resource.get("name")
-    return ApiError(
-        400, f"The {kind} resource '{name}' is already being used by '{user}'", reason="resourceInUseByAnotherResource"
-    )
-
-
-def _checked_rule(rule: Mapping[str, Any], policy_type: str, prefix: str) -> dict[str, Any]:
-    try:
-        armor.validate_rule(rule, policy_type=policy_type)
-    except armor.RuleError as exc:
-        raise ApiError(400, exc.message(prefix), reason="required" if exc.required else "invalid") from exc
-    return _rule_defaults(rule)
-
-
-def _checked_rules(rules: list[Mapping[str, Any]], policy_type: str, *, creating: bool) -> list[dict[str, Any]]:
-    checked = [_checked_rule(rule, policy_type, f"resource.rules[{i}]") for i, rule in enumerate(rules)]
-    try:
-        armor.validate_priorities(checked)
-    except armor.RuleError as exc:
-        raise ApiError(400, exc.message("resource"), reason="invalid") from exc
-    if not any(int(r["priority"]) == facts.ARMOR_DEFAULT_RULE_PRIORITY for r in checked):
-        if not creating:
-            raise invalid("resource.rules", "", "The default rule (priority 2147483647) cannot be removed.")
-        # §3.1 (proto): "If no rules are provided when creating a security policy, a default rule with
-        # action 'allow' will be added." We also add it when rules are given without one (doubt: Google
-        # may refuse that instead); every policy then has its default rule.
-        checked.append(_rule_defaults(armor.default_rule()))
-    return _sorted_rules(checked)
-
-
-def _rule_defaults(rule: Mapping[str, Any]) -> dict[str, Any]:
-    """A rule as GET renders it: ``kind``, ``description: ""`` and ``preview: false`` by default."""
-    out = copy.deepcopy(dict(rule))
-    out["kind"] = "compute#securityPolicyRule"
-    out.setdefault("description", "")
-    out.setdefault("preview", False)
-    out["priority"] = int(out["priority"])
-    return out
-
-
-def _sorted_rules(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return sorted(rules, key=lambda r: int(r["priority"]))
-
-
-def render_policy(policy: Mapping[str, Any]) -> dict[str, Any]:
-    """A policy as GET answers it: rules ordered by priority *as text*, as the real recording shows."""
-    out = copy.deepcopy(dict(policy))
-    out["rules"] = sorted(out.get("rules") or [], key=lambda r: str(r["priority"]))
-    return out
-
-
-def check_custom_request_headers(headers: list[str], field: str = "resource.customRequestHeaders") -> None:
-    """gcp-facts §2.5, for ``customRequestHeaders`` entries of the form ``Name: value``."""
-    if len(headers) > facts.CUSTOM_HEADERS_MAX:
-        # "Maximum number of configured custom request headers for each backend service: 16"
-        raise invalid(field, len(headers), f"At most {facts.CUSTOM_HEADERS_MAX} custom request headers are allowed.")
-    seen: dict[str, int] = {}
-    total = 0
-    for i, entry in enumerate(headers):
-        where = f"{field}[{i}]"
-        if ":" not in entry:
-            # "The header must contain a colon separating the header name and header value."
-            raise invalid(where, entry, "The header must contain a colon separating the header name and header value.")
-        name, value = entry.split(":", 1)
-        name = name.strip()
-        lower = name.lower()
-        if not _TOKEN.match(name):
-            raise invalid(where, entry, "The header name must be a valid HTTP header-field name (RFC 7230).")
-        if lower in facts.HOP_BY_HOP_HEADERS:
-            # "The following hop-by-hop headers must not be used: Keep-Alive, Transfer-Encoding, TE,
-            # Connection, Trailer, and Upgrade." (+ Proxy-Authorization, Proxy-Authenticate)
-            raise invalid(where, entry, f"The hop-by-hop header {name} must not be used as a custom header.")
-        if lower.startswith(facts.RESERVED_HEADER_PREFIXES):
-            # "The header name must not begin with X-Google, X-Goog-, X-GFE or X-Amz-."
-            raise invalid(where, entry, "The header name must not begin with X-Google, X-Goog-, X-GFE or X-Amz-.")
-        if lower in facts.FORBIDDEN_HEADER_NAMES:
-            # "The header name must not be X-User-IP or CDN-Loop." (global ALB page: nor "authority")
-            raise invalid(where, entry, f"The header name must not be {name}.")
-        if lower in seen:
-            # "A header name must not appear more than once in the list of added headers."
-            raise invalid(where, entry, f"The header {name} appears more than once (also at [{seen[lower]}]).")
-        seen[lower] = i
-        total += len(name.encode()) + len(value.strip().encode())
-    if total > facts.CUSTOM_HEADERS_MAX_BYTES:
-        # "Total size of all custom request headers per backend service (name and value combined,
-        # before variable expansion): 8 KB."
-        raise invalid(field, f"{total} bytes", "The custom request headers exceed 8 KB (names and values combined).")

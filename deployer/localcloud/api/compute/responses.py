@@ -16,7 +16,8 @@ from typing import Any
 from aiohttp import web
 
 from deployer.localcloud.api.common import ApiError, Route, json_response, query_bool, read_json_object
-from deployer.localcloud.api.compute.models import BASE, State, global_link, regional_link
+from deployer.localcloud.api.compute.links import BASE, global_link, regional_link
+from deployer.localcloud.api.compute.models import State
 from deployer.localcloud.world import World
 
 FLAVOR = "compute"
