@@ -11,7 +11,8 @@ Pure helpers for ``test_recorded_traffic.py`` (no network here):
   each local response by lining it up with the recorded one, and substituted into later requests.
 - ``compare(recorded, actual)``: the shape differences: a field the recording has that the local
   answer lacks (``missing``), one only the local answer has (``extra``), a different JSON type
-  (``type``), or a different value where the value is part of the contract (``kind``, ``@type``, error
+  (``type``), or a different value where the value is part of the contract (``kind``, ``@type``,
+  ``operationType``, ``networkEndpointType``, condition ``type``/``state``, error
   ``status``/``reason``/``code``). Lists compare as the union of their elements' shapes, so order and
   length (e.g. how many conditions) do not matter, but an empty list where the recording has items does.
 """
@@ -32,6 +33,9 @@ TOKEN = "abcdef0123A="
 _STATUS_LINE = re.compile(r"^(\d{3}) (.*)$")
 # Values that are part of the contract, compared as values, not only as types.
 VALUE_KEYS = frozenset({"kind", "@type"})
+# ... and these too, outside lists (inside a list the union shape picks one element's value, and the
+# order of e.g. conditions is not part of the contract).
+SCALAR_VALUE_KEYS = frozenset({"operationType", "networkEndpointType", "type", "state"})
 ERROR_VALUE_KEYS = frozenset({"code", "status", "reason", "domain"})
 
 
@@ -305,7 +309,11 @@ def compare(recorded: Any, actual: Any, path: str = "", in_error: bool = False) 
             out.extend(compare(_merge(recorded), _merge(actual), f"{path}[]", in_error))
         return out
     leaf = path.rsplit(".", 1)[-1].rstrip("[]")
-    contract = leaf in VALUE_KEYS or (in_error and leaf in ERROR_VALUE_KEYS)
+    contract = (
+        leaf in VALUE_KEYS
+        or (leaf in SCALAR_VALUE_KEYS and "[]" not in path)
+        or (in_error and leaf in ERROR_VALUE_KEYS)
+    )
     if contract and recorded != actual and not PLACEHOLDER.search(str(recorded)):
         out.append(Difference(here, "value", json.dumps(recorded), json.dumps(actual)))
     return out

@@ -254,6 +254,15 @@ def test_compare_checks_error_contract_values_but_not_ordinary_values():
     assert recorded.compare({"n": 1}, {"n": 2.5}) == []  # both JSON numbers
 
 
+def test_compare_pins_operation_and_condition_values_outside_lists_only():
+    rec = {"operationType": "compute.regionNetworkEndpointGroups.insert", "terminalCondition": {"state": "P"}}
+    act = {"operationType": "insert", "terminalCondition": {"state": "S"}}
+    assert {d.path for d in recorded.compare(rec, act)} == {"operationType", "terminalCondition.state"}
+    conditions = {"conditions": [{"type": "RoutesReady"}, {"type": "ConfigurationsReady"}]}
+    reordered = {"conditions": [{"type": "ConfigurationsReady"}, {"type": "RoutesReady"}]}
+    assert recorded.compare(conditions, reordered) == []
+
+
 def test_operation_poll_detection():
     (ex,) = recorded.parse(
         'GET https://c/compute/v1/projects/p/global/operations/op\n\n200 OK\n\n{"status": "DONE", "name": "op"}'
