@@ -157,3 +157,11 @@ ARMOR_ENFORCE_ON_KEY_CONFIGS_MAX = 3
 # 'allow' will be added." (The overview page says the default rule's default action is deny; the
 # local cloud follows the proto. Always set the default rule explicitly.)
 ARMOR_DEFAULT_RULE_ACTION = "allow"
+
+# ---- added for preflight (deployer check) --------------------------------------------------------
+# §1.4 ResourceRequirements.limits: "Setting 4 CPU requires at least 2Gi of memory."
+RUN_MEMORY_MIN_FOR_4_CPU_BYTES = 2 * 1024**3
+# §5.1 BackendServiceLogConfig.sampleRate: "The value of the field must be in [0, 1]. … The default
+# value is 1.0."
+LB_LOG_SAMPLE_RATE_MIN = 0.0
+LB_LOG_SAMPLE_RATE_MAX = 1.0
