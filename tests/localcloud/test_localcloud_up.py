@@ -112,6 +112,16 @@ def test_up_with_a_seed_file_serves_the_seeded_world(tmp_path):
         assert (body["project"], body["region"]) == ("seeded-project", "europe-west1")
         _status, listing = _get(r.endpoint + "/storage/v1/b?project=seeded-project")
         assert [b["name"] for b in listing["items"]] == ["deployer-state"]
+        # the "done when": an upload with if_generation_match=0 succeeds once, then fails
+        from google.api_core import exceptions as gexc
+
+        from deployer.gcp.clients import Clients
+
+        bucket = Clients(endpoint=r.endpoint, project="seeded-project").storage().bucket("deployer-state")
+        bucket.blob("deploy.lock").upload_from_string(b"first", if_generation_match=0)
+        with pytest.raises(gexc.PreconditionFailed):
+            bucket.blob("deploy.lock").upload_from_string(b"second", if_generation_match=0)
+        assert bucket.blob("deploy.lock").download_as_bytes() == b"first"
     finally:
         r.proc.send_signal(signal.SIGTERM)
         r.proc.communicate(timeout=20)
