@@ -581,3 +581,26 @@ def ingress_bypass(config: DeployConfig, live: Observed | None) -> Iterator[Find
         f'your Cloud Run service", so the *.run.app URL bypasses the load balancer{guard}.',
         "ingress: internal-and-cloud-load-balancing  (tag URLs are then reachable only through the load balancer)",
     )
+
+
+# ---- CR022: the candidate's tag URL behind restricted ingress -----------------------------------
+# gcp-facts §3.5: with ingress INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER "tagged-revision URLs then cannot
+# be smoke-tested from the internet" ([3P] report); "All network ingress paths are subject to the service's
+# ingress setting." The serverless NEG's cloudRun.tag "offers an LB-side path to a tag".
+CR022 = Rule("CR022", WARNING, "Candidate gate through a tag URL that ingress blocks", DOC_INGRESS)
+
+
+@register(CR022)
+def candidate_behind_ingress(config: DeployConfig, live: Observed | None) -> Iterator[Finding]:
+    if config.service.ingress == "all" or config.gate.candidate.url is not None:
+        return
+    yield CR022.at(
+        "gate",
+        "gate.candidate.url",
+        f"ingress is {config.service.ingress!r} and \"All network ingress paths are subject to the service's "
+        f"ingress setting\": the candidate's tag URL (https://{config.rollout.tag}---….run.app) is not reachable "
+        f"from outside, so a gate run from there fails on a healthy revision.",
+        f"route the tag through the load balancer (a serverless NEG with cloudRun.tag: {config.rollout.tag}, behind "
+        f"its own host in the URL map) and set gate.candidate.url (and host) to it; or run the gate from inside "
+        f"the VPC",
+    )

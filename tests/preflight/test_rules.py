@@ -39,6 +39,7 @@ BASE: dict[str, Any] = {
     },
     "load_balancer": {"backend_service": "bs"},
     "armor": {"policy": "pol", "rules": []},
+    "gate": {"candidate": {"url": "wss://candidate.api.example.com/ws"}},  # an LB route to the tag (CR022)
 }
 
 WS_THROTTLE = {
@@ -173,6 +174,10 @@ CASES: list[tuple[str, dict[str, Any], Observed | None, dict[str, Any], Observed
     ("CR019", svc(timeout=DELETE), None, svc(timeout=3600), None),
     ("CR020", svc(session_affinity=False), None, svc(session_affinity=True), None),
     ("CR021", svc(ingress="all"), None, {**svc(ingress="all"), "load_balancer": DELETE, "armor": DELETE}, None),
+    ("CR022", {"gate": {"candidate": {"url": DELETE}}}, None,
+     {"gate": {"candidate": {"url": DELETE}}, **svc(ingress="all")}, None),
+    ("CR022", merge(svc(ingress="internal"), {"gate": {"candidate": {"url": DELETE}}}), None,
+     svc(ingress="internal"), None),
     ("LB001", lb(timeout_sec=86400), None, lb(), None),
     ("LB001", lb(timeout_sec=30), live_backend(neg=serverless_neg("chat")),
      lb(timeout_sec=30), live_backend(neg={"name": "ig", "kind": "compute#instanceGroup"})),
