@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,12 @@ LOCAL = ROOT / "configs" / "local.yaml"
 
 
 @pytest.fixture
-def world(localcloud: Any) -> Any:
-    seed_world(localcloud.world, load_seed_file(WORLD))
-    return localcloud
+def world(localcloud: Any) -> Iterator[Any]:
+    w = localcloud.world
+    before = (w.project, w.region)
+    seed_world(w, load_seed_file(WORLD))
+    yield localcloud
+    w.project, w.region = before  # seed_world sets them; the shared cloud's reset() does not restore them
 
 
 def local_config(tmp_path: Path, cloud: Any, *, replace: dict[str, str] | None = None) -> Path:
