@@ -172,6 +172,7 @@ class World:
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
+        self._initial_place = (self.project, self.region)
 
     # ---- ids -------------------------------------------------------------------------------
     def hex(self, n: int) -> str:
@@ -204,10 +205,12 @@ class World:
 
     # ---- lifecycle -------------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> None:
-        """Forget all resources, faults and the request log; reseed ids."""
+        """Forget all resources, faults and the request log; reseed ids; back to the initial project and
+        region (a seeded world sets its own again)."""
         with self.lock:
             if seed is not None:
                 self.seed = seed
+            self.project, self.region = self._initial_place
             self.rng = random.Random(self.seed)
             self.faults.clear()
             self.requests.clear()

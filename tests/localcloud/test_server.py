@@ -80,3 +80,10 @@ def test_seed_rejects_bad_documents_with_400(localcloud, doc):
         urllib.request.urlopen(req, timeout=10)
     assert info.value.code == 400
     assert "error" in json.loads(info.value.read())
+
+
+def test_reset_restores_the_initial_project_and_region():
+    world = World(project="p0", region="r0")
+    world.project, world.region = "seeded", "elsewhere"
+    world.reset()
+    assert (world.project, world.region) == ("p0", "r0")
