@@ -278,7 +278,7 @@ class RetryPolicy:
             retry=tenacity.retry_if_exception(is_transient),
             stop=tenacity.stop_any(*stops),
             wait=tenacity.wait_exponential_jitter(
-                initial=self.initial, max=self.maximum, exp_base=self.multiplier, jitter=self.jitter
+                multiplier=self.initial, max=self.maximum, exp_base=self.multiplier, jitter=self.jitter
             ),
             sleep=self.sleep,
             before_sleep=on_sleep,
