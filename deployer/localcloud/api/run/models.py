@@ -655,6 +655,14 @@ class State:
             self.revisions[revision.name] = revision
             self._templates[revision.name] = key
             self._latest_created[name] = revision.name
+        elif given and current is not None and _template_key(current.template) != key:
+            # The template names an existing revision with this very configuration (e.g. a rollback
+            # writing back the pre-image's template with its revision name): that revision is again
+            # the configuration's latest created one, as Knative's configuration reconciler does for
+            # a "bring your own name" revision that already exists with the same spec. Doubt: Google
+            # does not document this for Cloud Run v2; without it, a failed newer revision would keep
+            # failing every later update of the service (its latest created revision is not Ready).
+            self._latest_created[name] = f"{name}/revisions/{given}"
         self.services[name] = svc
         if revision is not None:
             self.world.runtime.start(revision, svc)
