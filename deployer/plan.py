@@ -13,15 +13,19 @@ All pure: no clock (``created_at`` is given), no I/O.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError, model_validator
 
+from deployer import facts
 from deployer.errors import PlanFileError
+from deployer.model import DesiredState, Observed
 from deployer.redact import NO_MASK, SecretMask, is_masked
 
 PLAN_FORMAT: Literal[1] = 1
@@ -304,8 +308,246 @@ class Plan(BaseModel):
 # ==================================================================================================
 # make_plan(desired, observed) -> Plan
 #
-# Reserved for the orchestrator (issue 6): the pure diff of the desired state (config.py) against
-# the observed state (gcp/ adapters) into the ``Change``s above, one per resource, with ``before``
-# the REST-shaped resource as read, ``after`` what it must become, and ``precondition`` its
-# etag / fingerprint. It belongs here, below this line.
+# The pure diff of the desired state (config.py → desired.py) against the observed state
+# (gcp/observe.py) into one ``Change`` per resource, with ``before`` the REST-shaped resource as read
+# (only the fields the config owns), ``after`` what the config asks for, and ``precondition`` its
+# etag / fingerprint.
 # ==================================================================================================
+
+# Service annotations deployer writes at finalize (its own prefix; never run.googleapis.com/*, which
+# Cloud Run v2 rejects, gcp-facts §4.5). They are not configuration: plans ignore them.
+OWN_ANNOTATION_PREFIX = "deployer.dev/"
+ANNOTATION_DEPLOY_ID = OWN_ANNOTATION_PREFIX + "deploy-id"
+ANNOTATION_LAST_GOOD = OWN_ANNOTATION_PREFIX + "last-good-revision"
+ANNOTATION_PREVIOUS = OWN_ANNOTATION_PREFIX + "previous-revision"
+
+# Output-only fields of a Cloud Armor rule (compute.proto SecurityPolicyRule.kind: "[Output only]").
+_RULE_OUTPUT_ONLY = ("kind",)
+# Revision fields that are not configuration (names, times, status): never compared with a template.
+_REVISION_STATUS = frozenset(
+    {
+        "name",
+        "uid",
+        "generation",
+        "createTime",
+        "updateTime",
+        "deleteTime",
+        "expireTime",
+        "launchStage",
+        "service",
+        "reconciling",
+        "conditions",
+        "observedGeneration",
+        "logUri",
+        "satisfiesPzs",
+        "creator",
+        "etag",
+        "scalingStatus",
+    }
+)
+
+
+def service_id_of(name: str) -> str:
+    return name.rsplit("/", 1)[-1]
+
+
+def backend_service_id(project: str, name: str) -> str:
+    return f"projects/{project}/global/backendServices/{name}"
+
+
+def security_policy_id(project: str, name: str) -> str:
+    return f"projects/{project}/global/securityPolicies/{name}"
+
+
+def armor_rule_id(policy_id: str, priority: int) -> str:
+    return f"{policy_id}/rules/{priority}"
+
+
+def _is_zero(value: Any) -> bool:
+    """A proto3 default: REST JSON leaves these out, so an absent field reads as this value."""
+    if isinstance(value, Mapping):
+        return all(_is_zero(v) for v in value.values())
+    return value in (False, 0, 0.0, "", None) or value == [] or value == {}
+
+
+def project_onto(observed: Any, wanted: Any) -> Any:
+    """``observed`` cut down to the shape of ``wanted``: mapping keys ``wanted`` does not name are
+    left out (so maps such as labels compare as subsets), list items ``observed`` has beyond
+    ``wanted`` are kept (so a removed env var is a difference), and a key ``observed`` lacks is read as
+    ``wanted``'s value when that is a zero value (proto3 leaves defaults out of REST JSON)."""
+    if isinstance(wanted, Mapping):
+        if not isinstance(observed, Mapping):
+            return observed
+        out: dict[str, Any] = {}
+        for key, want in wanted.items():
+            if key in observed:
+                out[key] = project_onto(observed[key], want)
+            elif _is_zero(want):
+                out[key] = copy.deepcopy(want)
+        return out
+    if isinstance(wanted, list):
+        if not isinstance(observed, list):
+            return observed
+        return [project_onto(o, wanted[i]) if i < len(wanted) else o for i, o in enumerate(observed)]
+    return observed
+
+
+def serving_template(observed: Observed) -> dict[str, Any] | None:
+    """The configuration that SERVES, as a ``RevisionTemplate``: the serving revision's fields (a
+    rolled-back or hand-pinned service serves an older revision than ``service.template`` says), or
+    ``service.template`` when no revision serves."""
+    if observed.serving_revision:
+        return {k: v for k, v in observed.serving_revision.items() if k not in _REVISION_STATUS}
+    if observed.service:
+        template = observed.service.get("template")
+        return dict(template) if isinstance(template, Mapping) else None
+    return None
+
+
+def _service_change(desired: DesiredState, observed: Observed) -> Change:
+    after = {k: copy.deepcopy(v) for k, v in desired.service.items() if k != "name"}
+    if isinstance(after.get("annotations"), dict):
+        after["annotations"] = {
+            k: v for k, v in after["annotations"].items() if not k.startswith(OWN_ANNOTATION_PREFIX)
+        }
+    live = observed.service
+    if live is None:
+        return Change(kind=RUN_SERVICE, id=desired.service_name, action=Action.CREATE, after=after)
+    current = {k: v for k, v in live.items() if k != "template"}
+    current["template"] = serving_template(observed) or {}
+    before = project_onto(current, after)
+    action = Action.UPDATE if diff_fields(before, after) else Action.NOOP
+    return Change(
+        kind=RUN_SERVICE,
+        id=desired.service_name,
+        action=action,
+        before=before,
+        after=after,
+        precondition=live.get("etag"),
+    )
+
+
+def backend_service_owned(desired: DesiredState, observed: Observed) -> dict[str, Any]:
+    """The backend-service fields the config owns, as a patch body (no ``name``). ``timeoutSec`` is
+    never sent for a serverless NEG backend: gcp-facts §2.1, "Timeout sec is not supported for a
+    backend service with Serverless network endpoint groups" (HTTP 400)."""
+    owned = {k: copy.deepcopy(v) for k, v in (desired.backend_service or {}).items() if k != "name"}
+    if observed.serverless_negs:
+        owned.pop("timeoutSec", None)
+    return owned
+
+
+def _backend_change(desired: DesiredState, observed: Observed) -> Change | None:
+    if desired.backend_service_name is None or desired.backend_service is None:
+        return None
+    rid = backend_service_id(desired.project, desired.backend_service_name)
+    after = backend_service_owned(desired, observed)
+    live = observed.backend_service
+    if live is None:
+        return Change(kind=BACKEND_SERVICE, id=rid, action=Action.CREATE, after=after)
+    before = project_onto(live, after)
+    action = Action.UPDATE if diff_fields(before, after) else Action.NOOP
+    return Change(
+        kind=BACKEND_SERVICE, id=rid, action=action, before=before, after=after, precondition=live.get("fingerprint")
+    )
+
+
+def rule_as_owned(rule: Mapping[str, Any], wanted: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A live Cloud Armor rule as compared with the config's: the config owns the whole rule, so
+    every top-level field counts (a field the config drops is a difference); nested maps compare
+    with ``project_onto`` (server defaults inside them are not differences)."""
+    out: dict[str, Any] = {}
+    for key, value in rule.items():
+        if key in _RULE_OUTPUT_ONLY:
+            continue
+        want = (wanted or {}).get(key)
+        out[key] = project_onto(value, want) if want is not None else copy.deepcopy(value)
+    for key, want in (wanted or {}).items():
+        if key not in out and _is_zero(want):
+            out[key] = copy.deepcopy(want)
+    return out
+
+
+def _rule_changes(desired: DesiredState, observed: Observed, owned_before: Iterable[int]) -> list[Change]:
+    if desired.security_policy_name is None:
+        return []
+    policy_id = security_policy_id(desired.project, desired.security_policy_name)
+    live_policy = observed.security_policy
+    fingerprint = live_policy.get("fingerprint") if live_policy else None
+    live = observed.armor_rules() if live_policy else {}
+    out: list[Change] = []
+    for priority, body in sorted(desired.armor_rules.items()):
+        rid = armor_rule_id(policy_id, priority)
+        after = copy.deepcopy(dict(body))
+        found = live.get(priority)
+        if found is None:
+            out.append(Change(kind=ARMOR_RULE, id=rid, action=Action.CREATE, after=after, precondition=fingerprint))
+            continue
+        before = rule_as_owned(found, after)
+        action = Action.UPDATE if diff_fields(before, after) else Action.NOOP
+        out.append(Change(kind=ARMOR_RULE, id=rid, action=action, before=before, after=after, precondition=fingerprint))
+    # Rules the last deploy owned and the config no longer lists are removed (never the default rule:
+    # gcp-facts §3.1, priority 2147483647 "is reserved for the default rule").
+    for priority in sorted(set(owned_before) - set(desired.armor_rules)):
+        found = live.get(priority)
+        if found is None or priority == facts.ARMOR_DEFAULT_RULE_PRIORITY:
+            continue
+        out.append(
+            Change(
+                kind=ARMOR_RULE,
+                id=armor_rule_id(policy_id, priority),
+                action=Action.DELETE,
+                before=rule_as_owned(found),
+                precondition=fingerprint,
+            )
+        )
+    return out
+
+
+def make_plan(
+    desired: DesiredState,
+    observed: Observed,
+    *,
+    created_at: datetime,
+    config_digest: str,
+    owned_armor_priorities: Iterable[int] = (),
+) -> Plan:
+    """The changes that take ``observed`` to ``desired`` (pure).
+
+    - the Cloud Run service: the config's template against what SERVES (``serving_template``), and
+      its service-level fields (ingress, labels and annotations it names; deployer's own
+      ``deployer.dev/`` annotations are not configuration);
+    - the backend service: only the fields the config owns (``backend_service_owned``);
+    - each Cloud Armor rule the config owns, by priority: create (addRule), update (patchRule),
+      no-op, or delete (removeRule) for a priority the last deploy owned (``owned_armor_priorities``)
+      that the config no longer lists.
+
+    Preconditions: the service's etag, the backend service's fingerprint, and for rules the security
+    policy's fingerprint (single-rule calls carry none, gcp-facts §3.6, so the policy's guards them).
+    """
+    changes: list[Change] = [_service_change(desired, observed)]
+    backend = _backend_change(desired, observed)
+    if backend is not None:
+        changes.append(backend)
+    changes.extend(_rule_changes(desired, observed, owned_armor_priorities))
+    return Plan(
+        service=desired.service_name,
+        created_at=created_at,
+        config_digest=config_digest,
+        changes=tuple(changes),
+    )
+
+
+def current_preconditions(plan: Plan, observed: Observed) -> dict[str, str | None]:
+    """The etag / fingerprint of every resource in ``plan`` as observed now (for ``Plan.moved``)."""
+    out: dict[str, str | None] = {}
+    policy_fp = (observed.security_policy or {}).get("fingerprint")
+    for key in plan.preconditions:
+        kind, _, _rid = key.partition(":")
+        if kind == RUN_SERVICE:
+            out[key] = (observed.service or {}).get("etag")
+        elif kind == BACKEND_SERVICE:
+            out[key] = (observed.backend_service or {}).get("fingerprint")
+        elif kind == ARMOR_RULE:
+            out[key] = policy_fp
+    return {k: v for k, v in out.items() if v is not None}
