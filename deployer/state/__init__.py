@@ -7,17 +7,23 @@ if the object is still at generation N, ``0`` only if it does not exist, ``None`
 That compare-and-swap is what makes two writers never both win (a lost race raises
 ``StaleStateError``). Generations are opaque: compare them for equality, never do arithmetic.
 
-Implementations: ``local.LocalStateStore`` (a directory) and, in issue 7, a Cloud Storage one; both
-pass ``tests/state/test_store_contract.py``.
+Implementations: ``local.LocalStateStore`` (a directory) and ``gcs.GcsStateStore`` (a Cloud Storage
+bucket + prefix, generation preconditions sent as ``ifGenerationMatch``); both pass
+``tests/state/test_store_contract.py``. ``open_store(config.state, clients)`` picks one from the config.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Any, Protocol, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from deployer.errors import StateError
+
+if TYPE_CHECKING:
+    from deployer.config import StateConfig
+    from deployer.gcp.clients import Clients
 
 # Keys: '/'-separated segments of letters, digits, '.', '_', '-', none starting with '.', so every
 # key is also a valid relative path and a valid Cloud Storage object name.
@@ -74,3 +80,29 @@ def read_json(store: StateStore, key: str) -> tuple[Any, int] | None:
 def dump_json(doc: Any) -> bytes:
     """The bytes deployer writes for a JSON state object (readable, stable key order)."""
     return (json.dumps(doc, indent=1, ensure_ascii=False, sort_keys=False) + "\n").encode()
+
+
+def open_store(state: StateConfig, clients: Clients | None = None, *, base: str | Path | None = None) -> StateStore:
+    """The store a config's ``state:`` section names.
+
+    - ``backend: local``: ``LocalStateStore(path)``; a relative ``path`` is taken from ``base``
+      (default: the current directory).
+    - ``backend: gcs``: ``GcsStateStore(bucket, prefix, clients)`` — pass the same ``Clients`` the
+      deploy uses (``Clients(endpoint=config.endpoint, ...)``) so the local cloud's storage is used
+      when the config targets it; ``None`` means real Google with Application Default Credentials.
+
+    Nothing is contacted here (stores connect on first use), and ``google.cloud`` is only imported
+    for ``gcs``.
+    """
+    if state.backend == "gcs":
+        from deployer.state.gcs import GcsStateStore
+
+        if not state.bucket:  # the config model refuses this already; keep the store honest anyway
+            raise StateError("state backend gcs needs a bucket")
+        return GcsStateStore(state.bucket, state.prefix, clients)
+    from deployer.state.local import LocalStateStore
+
+    path = Path(state.path).expanduser()
+    if not path.is_absolute() and base is not None:
+        path = Path(base) / path
+    return LocalStateStore(path)

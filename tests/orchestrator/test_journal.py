@@ -44,7 +44,7 @@ from deployer.orchestrator.owner import Owner
 from deployer.plan import BACKEND_SERVICE, RUN_SERVICE, Action, Change, Plan
 from deployer.redact import SecretMask
 from deployer.state import StateStore
-from tests.state.stores import LocalSpec, fresh_namespace
+from tests.state.stores import StoreSpec, fresh_namespace
 
 T0 = datetime(2026, 11, 26, 14, 52, 1, tzinfo=UTC)
 DEPLOY = "d-20261126-145201-a1b2"
@@ -482,9 +482,9 @@ _KILLED = textwrap.dedent(
     from deployer.orchestrator.journal import Journal
     from deployer.orchestrator.owner import Owner
     from deployer.plan import Action
-    from tests.state.stores import LocalSpec
+    from tests.state.stores import spec_from_arg
 
-    store = LocalSpec(sys.argv[1]).open(sys.argv[2])
+    store = spec_from_arg(sys.argv[1]).open(sys.argv[2])
     j = Journal.begin(store, service="api", deploy_id="d-20261126-145201-dead", config_digest="d",
                       owner=Owner.current())
     j.phase("infra")
@@ -499,10 +499,10 @@ _KILLED = textwrap.dedent(
 )
 
 
-def test_after_sigkill_mid_effect_the_journal_alone_says_what_to_do(store_spec: LocalSpec, tmp_path: Path) -> None:
+def test_after_sigkill_mid_effect_the_journal_alone_says_what_to_do(store_spec: StoreSpec, tmp_path: Path) -> None:
     namespace = fresh_namespace()
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([sys.executable, "-c", _KILLED, store_spec.directory, namespace], cwd=root, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", _KILLED, store_spec.to_arg(), namespace], cwd=root, timeout=60)
     assert proc.returncode == -9
     state = jn.load(store_spec.open(namespace), "api", "d-20261126-145201-dead")
     assert state.status == "running" and state.phase == "candidate" and state.resume_action == "undecided"

@@ -21,7 +21,7 @@ from deployer.orchestrator.lock import (
 )
 from deployer.orchestrator.owner import Owner
 from deployer.state import StateStore
-from tests.state.stores import LocalSpec, fresh_namespace
+from tests.state.stores import StoreSpec, fresh_namespace
 
 T0 = datetime(2026, 11, 26, 14, 52, 1, tzinfo=UTC)
 ALICE = Owner(user="alice", host="laptop", pid=11, build_id=None)
@@ -269,7 +269,7 @@ def _acquire_worker(spec: Any, namespace: str, start: Any, results: Any, ident: 
         results.put((ident, exc.fields["holder"]["deploy_id"]))
 
 
-def test_processes_racing_for_the_lock_exactly_one_gets_it(store_spec: LocalSpec) -> None:
+def test_processes_racing_for_the_lock_exactly_one_gets_it(store_spec: StoreSpec) -> None:
     namespace = fresh_namespace()
     ctx = multiprocessing.get_context("spawn")
     start, results = ctx.Event(), ctx.Queue()

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from deployer.errors import StaleStateError
 from deployer.state import StateStore, check_key, dump_json, read_json
-from tests.state.stores import LocalSpec, fresh_namespace
+from tests.state.stores import StoreSpec, fresh_namespace
 
 
 def test_a_store_is_a_state_store(store: StateStore) -> None:
@@ -140,7 +140,7 @@ _op = st.one_of(
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=st.lists(_op, max_size=12))
-def test_behaves_like_a_dict_with_generations(store_spec: LocalSpec, ops: list[tuple[str, str, bytes, str]]) -> None:
+def test_behaves_like_a_dict_with_generations(store_spec: StoreSpec, ops: list[tuple[str, str, bytes, str]]) -> None:
     store = store_spec.open(fresh_namespace())
     model: dict[str, tuple[bytes, int]] = {}
     retired: set[int] = set()
@@ -227,7 +227,7 @@ def _run_processes(target: Any, args: tuple[Any, ...], count: int) -> list[Any]:
     return out
 
 
-def test_processes_racing_on_one_generation_exactly_one_wins(store_spec: LocalSpec) -> None:
+def test_processes_racing_on_one_generation_exactly_one_wins(store_spec: StoreSpec) -> None:
     namespace = fresh_namespace()
     store = store_spec.open(namespace)
     gen = store.write("locks/api.json", b"expired lease", if_generation=0)
@@ -238,7 +238,7 @@ def test_processes_racing_on_one_generation_exactly_one_wins(store_spec: LocalSp
     assert got is not None and got[0] == f"held by {winners[0]}".encode()
 
 
-def test_processes_incrementing_with_compare_and_swap_lose_no_update(store_spec: LocalSpec) -> None:
+def test_processes_incrementing_with_compare_and_swap_lose_no_update(store_spec: StoreSpec) -> None:
     namespace = fresh_namespace()
     store = store_spec.open(namespace)
     store.write("counter", b"0", if_generation=0)
