@@ -132,6 +132,36 @@ def check(
     raise typer.Exit(run_check(config, live=live, json_out=json_out, allow_env_removal=allow_env_removal))
 
 
+@app.command("plan")
+def plan(
+    config: Annotated[str, typer.Option("--config", "-c", help="The deploy config (YAML).")],
+    out: Annotated[str | None, typer.Option("--out", help="Write the applyable plan here (for deploy --plan).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="The plan as JSON (secrets masked).")] = False,
+    detailed_exitcode: Annotated[
+        bool, typer.Option("--detailed-exitcode", help="Exit 2 when there are changes (0: none).")
+    ] = False,
+) -> None:
+    """Show what a deploy would change (secrets masked): exit 0, or 2 with --detailed-exitcode on changes."""
+    from deployer.orchestrator.command import run_plan
+
+    raise typer.Exit(run_plan(config, out=out, json_out=json_out, detailed_exitcode=detailed_exitcode))
+
+
+@app.command("deploy")
+def deploy(
+    config: Annotated[str, typer.Option("--config", "-c", help="The deploy config (YAML).")],
+    plan_file: Annotated[
+        str | None, typer.Option("--plan", help="Apply exactly this saved plan (refused if anything moved).")
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="The result as JSON on stdout.")] = False,
+) -> None:
+    """Canary deploy with gates, rolled back on failure: exit 0 deployed, 1 rolled back, 3 incomplete, 4 locked."""
+    from deployer.orchestrator.command import run_deploy
+
+    raise typer.Exit(run_deploy(config, plan_file=plan_file, yes=yes, json_out=json_out))
+
+
 def _report(exc: Any) -> int:
     print(f"error: {exc.message}", file=sys.stderr)
     if getattr(exc, "hint", None):

@@ -150,7 +150,8 @@ def next_step(
     if rollback is not None:
         if not rollback.ok:
             status = Status.ABORTED if rollback.foreign else Status.ROLLBACK_INCOMPLETE
-            return Step(StepKind.FINISH, status=status, reason=rollback.why or rollback.step.reason)
+            cause = rollback.step.reason or "a step failed"
+            return Step(StepKind.FINISH, status=status, reason=f"{cause}; the rollback left: {rollback.why}")
         verified = any(r.step.kind is StepKind.VERIFY for r in results)
         if shape.verify_rollback and not verified:
             return Step(StepKind.VERIFY)

@@ -1,0 +1,175 @@
+"""``deployer plan`` and ``deployer deploy``: config → plan or deploy → rendered result → exit code.
+
+Kept out of ``deployer/cli.py`` so the CLI stays a list of thin commands (the demo calls these too).
+
+``plan``: 0 no changes; with ``--detailed-exitcode`` 2 when there are changes (Terraform's
+convention); 1 when preflight finds errors (deploy would refuse). The readable diff and ``--json``
+mask secret env values; ``--out FILE`` writes the applyable plan (it holds the literal env values a
+deploy writes, like a Terraform plan file: it is created 0600).
+
+``deploy``: 0 deployed (or nothing to do), 1 rolled back or refused, 3 rollback incomplete, 4 lock
+held. On a TTY a live view of the phases; otherwise Cloud Logging JSON lines on stderr. ``--json``
+prints the result (gates, traffic, what was restored) on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from deployer.config import DeployConfig, load_config
+from deployer.errors import UsageError
+
+
+def _console(stream: TextIO) -> Any:
+    from rich.console import Console
+
+    console = Console(file=stream, highlight=False)
+    if not console.is_terminal:
+        console = Console(file=stream, highlight=False, width=160)
+    return console
+
+
+def make_live_plan(config: DeployConfig) -> tuple[Any, Any, list[str]]:
+    """Observe, run the live rules, plan: (plan, observed, warnings). Errors raise ``PreflightError``."""
+    from deployer.desired import desired_state
+    from deployer.errors import PreflightError
+    from deployer.gcp.clients import Clients
+    from deployer.gcp.observe import observe
+    from deployer.orchestrator import traffic
+    from deployer.orchestrator.deploy import config_digest, last_deploy, open_store, state_key
+    from deployer.plan import make_plan
+    from deployer.preflight import Severity, run_rules
+
+    observed = observe(config, Clients(endpoint=config.endpoint, project=config.project))
+    findings = run_rules(config, observed)
+    errors = [f for f in findings if f.severity is Severity.ERROR]
+    if errors:
+        listed = "; ".join(f"{f.code} {f.field}: {f.message}" for f in errors[:5])
+        raise PreflightError(
+            f"preflight found {len(errors)} error(s); deploy would refuse this config: {listed}",
+            hint=f"`deployer check -c {config.source.file} --live` shows each rule and its fix",
+        )
+    warnings = [f"{f.code} {f.field}: {f.message}" for f in findings if f.severity is Severity.WARNING]
+    store = open_store(config)
+    last, owned = last_deploy(store, state_key(config), observed.service)
+    if observed.service is not None:
+        found = traffic.drift(observed.service, last)
+        if found is not None:
+            warnings.insert(0, f"drift: {found.describe()} (deploy will refuse)")
+    desired = desired_state(config)
+    plan = make_plan(
+        desired,
+        observed,
+        created_at=datetime.now(UTC),
+        config_digest=config_digest(desired),
+        owned_armor_priorities=owned,
+    )
+    return plan, observed, warnings
+
+
+def render_plan(plan: Any, console: Any) -> None:
+    from rich.text import Text
+
+    from deployer.redact import SecretMask
+
+    styles = {"+": "green", "~": "yellow", "-": "red", "=": "dim"}
+    for line in plan.summary(SecretMask()).splitlines():
+        stripped = line.lstrip()
+        style = styles.get(stripped[:1], "bold") if stripped else ""
+        console.print(Text(line, style=style))
+
+
+def run_plan(
+    path: str,
+    *,
+    out: str | None = None,
+    json_out: bool = False,
+    detailed_exitcode: bool = False,
+    stream: TextIO | None = None,
+) -> int:
+    from deployer.redact import SecretMask
+
+    stream = stream or sys.stdout
+    config = load_config(path)
+    plan, _observed, warnings = make_live_plan(config)
+    if json_out:
+        doc = json.loads(plan.masked_copy(SecretMask()).to_json())
+        doc["warnings"] = warnings
+        stream.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    else:
+        console = _console(stream)
+        for w in warnings:
+            console.print(f"[yellow]warning:[/yellow] {w}")
+        render_plan(plan, console)
+    if out:
+        write_plan_file(plan, out)
+        if not json_out:
+            _console(stream).print(
+                f"saved the plan to {out}; apply exactly it with `deployer deploy -c {path} --plan {out}`"
+            )
+    if plan.is_empty:
+        return 0
+    return 2 if detailed_exitcode else 0
+
+
+def write_plan_file(plan: Any, out: str) -> None:
+    target = Path(out)
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(plan.to_json() + "\n")
+    except OSError as exc:
+        raise UsageError(f"cannot write the plan to {out}: {exc.strerror}") from exc
+
+
+def run_deploy(
+    path: str,
+    *,
+    plan_file: str | None = None,
+    yes: bool = False,
+    json_out: bool = False,
+    stream: TextIO | None = None,
+) -> int:
+    from deployer import logs
+    from deployer.orchestrator.deploy import DeployOptions, deploy
+    from deployer.orchestrator.report import LiveReporter, NullReporter, Reporter, render_result
+
+    stream = stream or sys.stdout
+    config = load_config(path)
+    interactive = stream.isatty() and sys.stdin.isatty()
+    logs.configure(json=not stream.isatty(), level="warning" if stream.isatty() else "info")
+    plan = None
+    if plan_file is None and not yes:
+        if not interactive:
+            raise UsageError(
+                "deploy changes live resources: pass --yes to run without confirming "
+                "(or --plan FILE from `deployer plan`)"
+            )
+        console = _console(stream)
+        plan, _observed, warnings = make_live_plan(config)
+        for w in warnings:
+            console.print(f"[yellow]warning:[/yellow] {w}")
+        render_plan(plan, console)
+        if plan.is_empty:
+            return 0
+        if console.input("Deploy this? [y/N] ").strip().lower() not in ("y", "yes"):
+            console.print("nothing was changed")
+            return 1
+    reporter: Reporter = NullReporter()
+    if stream.isatty() and not json_out:
+        reporter = LiveReporter(_console(stream), f"deploy {config.service.name} ({config.project}/{config.region})")
+    options = DeployOptions(plan_file=plan_file, plan=plan, reporter=reporter, handle_signals=True)
+    try:
+        result = deploy(config, options)
+    finally:
+        reporter.close()
+    if json_out:
+        stream.write(json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n")
+    else:
+        render_result(result, _console(stream))
+    return result.exit_code

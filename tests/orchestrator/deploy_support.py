@@ -1,0 +1,143 @@
+"""Shared by the deploy end-to-end tests: the seed's world in a local cloud with the load balancer, a
+deploy config pointed at it (short holds, no bake, fast retries), snapshots of every resource a deploy
+touches, and the request log's mutating calls."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deployer.config import DeployConfig, config_from_data
+from deployer.gcp import retry
+from deployer.gcp.clients import Clients
+from deployer.gcp.observe import to_rest_json
+from deployer.orchestrator import traffic
+from deployer.orchestrator.deploy import DeployOptions
+
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT, REGION, SERVICE = "chat-staging", "us-central1", "chat-backend"
+SERVICE_NAME = f"projects/{PROJECT}/locations/{REGION}/services/{SERVICE}"
+OWNED_PRIORITIES = (50, 1000, 2147483647)
+# Generous Cloud Armor limits: many gates from 127.0.0.1 within a minute must not be throttled.
+RATE_COUNT = 1_000_000
+
+FAST = retry.RetryPolicy(attempts=5, initial=0.01, maximum=0.05, jitter=0.0, deadline=10)
+
+
+def world_doc() -> dict[str, Any]:
+    doc = yaml.safe_load((ROOT / "configs" / "local-world.yaml").read_text())
+    for policy in doc["securityPolicies"]:
+        for rule in policy["rules"]:
+            if "rateLimitOptions" in rule:
+                rule["rateLimitOptions"]["rateLimitThreshold"]["count"] = RATE_COUNT
+    return doc
+
+
+def config_data(cloud: Any, state: Path, *, image: str = "local/chat-backend:v2") -> dict[str, Any]:
+    """configs/local.yaml pointed at ``cloud``, with test-sized gates and rollout."""
+    data = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
+    data["endpoint"] = cloud.endpoint
+    data["service"]["image"] = image
+    data["service"]["startup_probe"]["failure_threshold"] = 3
+    for rule in data["armor"]["rules"]:
+        rule["rate_limit"]["count"] = RATE_COUNT
+    data["rollout"] = {"steps": [50, 100], "bake_seconds": 0, "tag": "candidate"}
+    small = {"connections": 4, "concurrency": 4, "min_samples": 4, "hold": 0.2, "ping": 1, "p95_ms": 2000}
+    data["gate"]["candidate"].update(small)
+    data["gate"]["public"].update(small, url=cloud.lb_url.replace("http://", "ws://") + "/ws")
+    data["state"]["path"] = str(state)
+    return data
+
+
+def make_config(data: dict[str, Any]) -> DeployConfig:
+    return config_from_data(copy.deepcopy(data))
+
+
+def options(**kw: Any) -> DeployOptions:
+    return DeployOptions(policy=FAST, read_policy=FAST, **kw)
+
+
+def control(cloud: Any, path: str, body: Any = None, method: str = "POST") -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"{cloud.endpoint}/_localcloud/{path}", data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read() or b"null")
+
+
+def reseed(cloud: Any, clients: Clients) -> None:
+    """A fresh seed world (through the control plane, on the cloud's own loop), ready to serve."""
+    control(cloud, "seed", world_doc())
+    wait_settled(clients)
+
+
+def wait_settled(clients: Clients, deadline_s: float = 30) -> dict[str, Any]:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        svc = to_rest_json(clients.services().get_service(name=SERVICE_NAME))
+        if not svc.get("reconciling"):
+            return svc
+        time.sleep(0.05)
+    raise AssertionError("the service did not settle")
+
+
+def snapshot(clients: Clients) -> dict[str, Any]:
+    """Every resource a deploy may touch, as the deploy's definition of "equal" compares them: the
+    service's effective traffic (revision, percent, tag), the backend service minus its fingerprint,
+    and the owned Cloud Armor rules."""
+    svc = wait_settled(clients)
+    bs = to_rest_json(clients.backend_services().get(project=PROJECT, backend_service="chat-backend-bs"))
+    bs.pop("fingerprint")
+    policy = to_rest_json(clients.security_policies().get(project=PROJECT, security_policy="chat-armor"))
+    rules = {int(r["priority"]): r for r in policy["rules"] if int(r["priority"]) in OWNED_PRIORITIES}
+    return {
+        "traffic": sorted(traffic.effective(svc)),
+        "backend_service": bs,
+        "rules": rules,
+        "annotations": svc.get("annotations", {}),
+        "labels": svc.get("labels", {}),
+    }
+
+
+MUTATING = ("POST", "PATCH", "PUT", "DELETE")
+
+
+def mutating_calls(cloud: Any, since: int = 0) -> list[str]:
+    """API calls that change something (operation waits are reads, whatever their HTTP method)."""
+    out = []
+    for rec in list(cloud.world.requests)[since:]:
+        if not rec.method or rec.method.startswith("control.") or rec.method.endswith((".wait", ".get")):
+            continue
+        if rec.http_method in MUTATING:
+            out.append(f"{rec.method} {rec.status}")
+    return out
+
+
+def served_version(cloud: Any, host: str | None = None) -> str:
+    """Which chat-backend version answers a WebSocket through the load balancer (``whoami``)."""
+    import asyncio
+
+    import websockets
+
+    async def ask() -> str:
+        headers = {"Host": host} if host else None
+        url = cloud.lb_url.replace("http://", "ws://") + "/ws"
+        async with websockets.connect(url, additional_headers=headers, open_timeout=5) as ws:
+            await ws.send(json.dumps({"type": "whoami"}))
+            while True:
+                msg = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                if msg.get("type") == "whoami":
+                    return str(msg["version"])
+
+    return asyncio.run(ask())
+
+
+def iter_records(journal_file: Path) -> Iterator[dict[str, Any]]:
+    yield from json.loads(journal_file.read_text())["records"]

@@ -1,0 +1,370 @@
+"""``deployer deploy`` end to end: the seed's world in a local cloud with real revision processes behind
+the load balancer, the real Google clients over HTTP, real WebSocket gates.
+
+One local cloud serves the module; each test re-seeds it. Failure modes come from the sample chat
+backend's image tags (configs/local-images.yaml). "Equal to the pre-image" means what the deploy
+promises: the same effective traffic (revision, percent, tag), the backend service byte-identical
+apart from its fingerprint, the owned Cloud Armor rules byte-identical.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from google.cloud import run_v2
+
+from deployer.cli import main
+from deployer.errors import ConflictError, DriftError, LockHeldError
+from deployer.gcp.clients import Clients
+from deployer.localcloud.server import LocalCloud
+from deployer.orchestrator.deploy import Deployment, deploy, state_key
+from deployer.orchestrator.journal import list_deploys, load
+from deployer.orchestrator.lock import ServiceLock
+from deployer.orchestrator.owner import Owner
+from deployer.plan import ANNOTATION_DEPLOY_ID, ANNOTATION_LAST_GOOD, ANNOTATION_PREVIOUS
+from deployer.state.local import LocalStateStore
+from tests.localcloud.runtime.support import no_process_left_behind
+from tests.orchestrator.deploy_support import (
+    PROJECT,
+    SERVICE_NAME,
+    config_data,
+    control,
+    make_config,
+    mutating_calls,
+    options,
+    reseed,
+    served_version,
+    snapshot,
+    wait_settled,
+    world_doc,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def cloud():
+    with no_process_left_behind():
+        lc = LocalCloud(
+            lb_port=0,
+            seed_doc=world_doc(),
+            runtime_options={"startup_timeout": 4.0, "stop_grace": 1.0, "lb_seed": 7},
+        )
+        lc.start()
+        try:
+            yield lc
+        finally:
+            lc.stop()
+
+
+@pytest.fixture(autouse=True)
+def _logs_back_to_defaults():
+    """``deployer deploy`` (run through ``main``) points structlog at the test's captured stderr; the
+    local cloud's thread keeps logging after the test, so put structlog back."""
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.fixture
+def clients(cloud):
+    c = Clients(endpoint=cloud.endpoint, project=PROJECT)
+    reseed(cloud, c)
+    return c
+
+
+@pytest.fixture
+def data(cloud, clients, tmp_path):
+    return config_data(cloud, tmp_path / "state")
+
+
+def journal_of(data: dict[str, Any], deploy_id: str):
+    store = LocalStateStore(data["state"]["path"])
+    return load(store, state_key(make_config(data)), deploy_id)
+
+
+# ---- the good path -----------------------------------------------------------------------------------
+
+
+def test_a_good_canary_deploy(cloud, clients, data):
+    data["rollout"]["bake_seconds"] = 7
+    slept: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    before = snapshot(clients)
+    old = before["traffic"][0].revision
+    assert served_version(cloud) == "v1"
+    with structlog.testing.capture_logs() as events:
+        result = deploy(make_config(data), options(sleep=fake_sleep))
+    assert (result.status, result.exit_code) == ("succeeded", 0), result.why
+    assert slept == [7.0, 7.0]  # one bake per traffic step, through the injected sleep
+    assert [s["step"] for s in result.steps] == [
+        "apply",
+        "gate_candidate",
+        "shift 50%",
+        "bake 50%",
+        "gate_public 50%",
+        "shift 100%",
+        "bake 100%",
+        "gate_public 100%",
+    ]
+    assert [g["verdict"] for g in result.gates] == ["Passed", "Passed", "Passed"]
+    new = result.revision
+    assert new is not None and new.startswith("chat-backend-") and len(new) <= 63
+
+    after = snapshot(clients)
+    assert [(s.revision, s.percent, s.tag) for s in after["traffic"]] == sorted([(new, 100, ""), (old, 0, "previous")])
+    assert after["annotations"] == {
+        ANNOTATION_DEPLOY_ID: result.deploy_id,
+        ANNOTATION_LAST_GOOD: new,
+        ANNOTATION_PREVIOUS: old,
+    }
+    assert 50 in after["rules"] and 50 not in before["rules"]
+    assert served_version(cloud) == "v2"
+
+    state = journal_of(data, result.deploy_id)
+    assert state.status == "succeeded" and state.finished is not None
+    assert state.finished.detail["owned_armor_priorities"] == [50, 1000, 2147483647]
+    assert [g.verdict for g in state.gates] == ["Passed", "Passed", "Passed"]
+
+    steps = [e for e in events if e["event"] == "deploy.step"]
+    assert steps[0] | {"log_level": "info"} == {
+        "event": "deploy.step",
+        "log_level": "info",
+        "deploy_id": result.deploy_id,
+        "service": "chat-staging/us-central1/chat-backend",
+        "phase": "apply",
+        "step": "apply",
+        "percent": None,
+    }
+    assert {e["phase"] for e in steps} == {"apply", "gate_candidate", "shift", "bake", "gate_public"}
+    finished = next(e for e in events if e["event"] == "deploy.finished")
+    assert (finished["status"], finished["deploy_id"]) == ("succeeded", result.deploy_id)
+
+
+def test_a_redeploy_with_nothing_changed_makes_zero_mutating_calls(cloud, clients, data):
+    assert deploy(make_config(data), options()).status == "succeeded"
+    mark = len(cloud.world.requests)
+    again = deploy(make_config(data), options())
+    assert (again.status, again.exit_code, again.deploy_id) == ("no_changes", 0, None)
+    assert mutating_calls(cloud, mark) == []
+    assert len(cloud.world.requests) > mark  # it did read
+
+
+# ---- failure modes of the sample backend ------------------------------------------------------------
+
+# (image tag, the step that catches it, gate overrides)
+MODES = [
+    ("broken-upgrade", "gate_candidate", {}),
+    ("never-listen", "apply", {}),
+    ("crash", "gate_candidate", {"candidate": {"hold": 6.0}}),  # exits 5 s after it starts
+    ("slow-handshake", "gate_candidate", {}),  # 6 s to the 101, over p95 2000 ms
+    ("flaky-1011", "gate_public", {"public": {"hold": 3.5}}),  # closes sockets with 1011 after 3 s
+    ("mute", "gate_candidate", {}),  # never answers the ping the candidate gate sends
+]
+
+
+@pytest.mark.parametrize(("tag", "caught_at", "gate"), MODES, ids=[m[0] for m in MODES])
+def test_each_failure_mode_is_rolled_back_to_the_pre_images(cloud, clients, data, tag, caught_at, gate):
+    data["service"]["image"] = f"local/chat-backend:{tag}"
+    # also change the backend service, so its restore is exercised too
+    data["load_balancer"]["custom_request_headers"] = ["X-Forwarded-Proto: https", "X-Release: canary"]
+    for target, values in gate.items():
+        data["gate"][target].update(values)
+    before = snapshot(clients)
+    result = deploy(make_config(data), options())
+    assert (result.status, result.exit_code) == ("rolled_back", 1), result.why
+    failed = [s["step"] for s in result.steps if not s["ok"]]
+    assert failed[0].startswith(caught_at), result.steps
+    assert result.why and result.why.startswith(caught_at)
+    assert snapshot(clients) == before
+    assert {r["kind"] for r in result.restored if r["stage"] == "done"} >= {"compute.backendService", "armor.rule"}
+    assert result.pins == [before["traffic"][0].revision]  # the seed's LATEST, pinned
+    state = journal_of(data, str(result.deploy_id))
+    assert state.status == "rolled_back"
+    assert state.decisions[0].decision == "rollback"
+    assert served_version(cloud) == "v1"
+
+
+# ---- API failures ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [400, 403])
+def test_a_refused_backend_service_patch_leaves_nothing_changed(cloud, clients, data, status):
+    data["load_balancer"]["log_sample_rate"] = 0.5
+    before = snapshot(clients)
+    control(cloud, "faults", {"method": "compute.backendServices.patch", "status": status})
+    result = deploy(make_config(data), options())
+    assert result.exit_code == 1 and result.status in ("rolled_back", "failed"), result.why
+    assert f"HTTP {status}" in str(result.why)
+    assert snapshot(clients) == before
+    assert not result.remaining
+
+
+def test_two_503s_are_retried_and_the_deploy_completes(cloud, clients, data):
+    data["load_balancer"]["log_sample_rate"] = 0.5
+    control(cloud, "faults", {"method": "run.services.patch", "status": 503, "count": 2})
+    control(cloud, "faults", {"method": "compute.backendServices.patch", "status": 503, "count": 2})
+    mark = len(cloud.world.requests)
+    with structlog.testing.capture_logs() as events:
+        result = deploy(make_config(data), options())
+    assert (result.status, result.exit_code) == ("succeeded", 0), result.why
+    calls = mutating_calls(cloud, mark)
+    assert calls.count("run.services.patch 503") == 2
+    assert calls.count("compute.backendServices.patch 503") == 2
+    assert calls.count("compute.backendServices.patch 200") == 1
+    retries = [e for e in events if e["event"] == "gcp.retry"]
+    assert sorted((e["method"], e["status"], e["attempt"]) for e in retries) == [
+        ("compute.backendServices.patch", 503, 1),
+        ("compute.backendServices.patch", 503, 2),
+        ("run.services.patch", 503, 1),
+        ("run.services.patch", 503, 2),
+    ]
+    bs = clients.backend_services().get(project=PROJECT, backend_service="chat-backend-bs")
+    assert bs.log_config.sample_rate == 0.5
+
+
+def test_a_foreign_change_during_the_deploy_is_never_overwritten(cloud, clients, data):
+    data["rollout"]["bake_seconds"] = 1
+    before = snapshot(clients)
+    services = clients.services()
+
+    async def someone_else_edits(_seconds: float) -> None:
+        svc = services.get_service(name=SERVICE_NAME)
+        svc.labels["owner"] = "someone-else"
+        await asyncio.to_thread(lambda: services.update_service(service=svc).result())
+
+    result = deploy(make_config(data), options(sleep=someone_else_edits))
+    assert (result.status, result.exit_code) == ("aborted", 3), result.why
+    assert "409" in str(result.why) or "conflict" in str(result.why)
+    now = snapshot(clients)
+    assert now["labels"]["owner"] == "someone-else"  # not overwritten
+    assert now["backend_service"] == before["backend_service"] and now["rules"] == before["rules"]
+    assert any("changed by someone else" in line for line in result.remaining)
+    assert any(h.startswith("gcloud run services update-traffic chat-backend") for h in result.hints)
+
+
+def test_an_interrupt_rolls_back(cloud, clients, data):
+    data["rollout"]["bake_seconds"] = 1
+    before = snapshot(clients)
+    deployment = Deployment(make_config(data), options())
+
+    async def interrupted(_seconds: float) -> None:
+        deployment.abort("SIGINT received")
+        await asyncio.sleep(10)  # cancelled by the abort
+
+    deployment.options.sleep = interrupted
+    result = asyncio.run(deployment.run())
+    assert (result.status, result.exit_code) == ("rolled_back", 1)
+    assert "interrupted: SIGINT received" in str(result.why)
+    assert snapshot(clients) == before
+
+
+# ---- refusals ----------------------------------------------------------------------------------------
+
+
+def test_a_stale_saved_plan_is_refused_and_a_fresh_one_applies(cloud, clients, data, tmp_path, capsys):
+    config_file = tmp_path / "deploy.yaml"
+    config_file.write_text(json.dumps(data))
+    plan_file = tmp_path / "plan.json"
+    assert main(["plan", "-c", str(config_file), "--out", str(plan_file), "--detailed-exitcode"]) == 2
+    assert oct(plan_file.stat().st_mode & 0o777) == "0o600"
+    # someone changes the backend service after the plan was made
+    bs = clients.backend_services()
+    live = bs.get(project=PROJECT, backend_service="chat-backend-bs")
+    from google.cloud import compute_v1
+
+    bs.patch(
+        project=PROJECT,
+        backend_service="chat-backend-bs",
+        backend_service_resource=compute_v1.BackendService(description="hand edit", fingerprint=live.fingerprint),
+    ).result()
+    mark = len(cloud.world.requests)
+    capsys.readouterr()
+    assert main(["deploy", "-c", str(config_file), "--plan", str(plan_file)]) == 1
+    err = capsys.readouterr().err
+    assert "is stale, nothing was changed" in err and "compute.backendService:" in err
+    assert mutating_calls(cloud, mark) == []
+    # a fresh plan applies
+    assert main(["plan", "-c", str(config_file), "--out", str(plan_file)]) == 0
+    capsys.readouterr()
+    assert main(["deploy", "-c", str(config_file), "--plan", str(plan_file), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["status"] == "succeeded"
+
+
+def test_pinned_traffic_is_detected_and_refused(cloud, clients, data):
+    first = deploy(make_config(data), options())
+    assert first.status == "succeeded"
+    old = first.previous
+    services = clients.services()
+    svc = services.get_service(name=SERVICE_NAME)
+    # an on-call engineer pins traffic back to the old revision by hand
+    svc.traffic = [
+        run_v2.TrafficTarget(
+            type_=run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION, revision=old, percent=100
+        )
+    ]
+    services.update_service(service=svc).result()
+    wait_settled(clients)
+    data["service"]["env"]["WEBSOCKET_HEARTBEAT_INTERVAL"] = 30  # a real change to deploy
+    mark = len(cloud.world.requests)
+    with pytest.raises(DriftError) as info:
+        deploy(make_config(data), options())
+    assert f"traffic is pinned to {old} 100%" in info.value.message
+    assert f"left {first.revision} 100%" in info.value.message
+    assert mutating_calls(cloud, mark) == []
+
+
+def test_a_held_lock_exits_4(cloud, clients, data):
+    config = make_config(data)
+    store = LocalStateStore(data["state"]["path"])
+    ServiceLock(store, state_key(config)).acquire("d-20261126-120000-abcd", Owner(user="ops", host="ci", pid=1))
+    with pytest.raises(LockHeldError) as info:
+        deploy(config, options())
+    assert info.value.exit_code == 4 and "ops@ci pid 1" in info.value.message
+    assert list_deploys(store, state_key(config)) == []
+
+
+def test_secrets_stay_out_of_the_journal_logs_and_plan_output(cloud, clients, data, tmp_path, capsys):
+    # The config's own env cannot hold one (preflight HY002 refuses it), but the live service can.
+    services = clients.services()
+    svc = services.get_service(name=SERVICE_NAME)
+    svc.template.containers[0].env.append(run_v2.EnvVar(name="API_TOKEN", value="tok-9f8e7d6c5b4a"))
+    services.update_service(service=svc).result()
+    before = snapshot(clients)
+    data["service"]["image"] = "local/chat-backend:broken-upgrade"
+    config_file = tmp_path / "deploy.yaml"
+    config_file.write_text(json.dumps(data))
+    assert main(["plan", "-c", str(config_file), "--json"]) == 0
+    shown = capsys.readouterr().out
+    assert "tok-9f8e7d6c5b4a" not in shown and "<redacted#1>" in shown
+    with structlog.testing.capture_logs() as events:
+        result = deploy(make_config(data), options())
+    assert result.status == "rolled_back"
+    assert "tok-9f8e7d6c5b4a" not in json.dumps(events, default=str)
+    journal_text = (Path(data["state"]["path"]) / f"{result.journal}").read_text()
+    assert "tok-9f8e7d6c5b4a" not in journal_text and "<redacted#1>" in journal_text
+    # the rollback wrote the real value back (from the pre-image it read, not the masked journal)
+    assert snapshot(clients) == before
+    now = services.get_service(name=SERVICE_NAME)
+    assert {e.name: e.value for e in now.template.containers[0].env}["API_TOKEN"] == "tok-9f8e7d6c5b4a"
+
+
+def test_conflict_error_type_for_a_stale_plan_object(cloud, clients, data):
+    from deployer.orchestrator.command import make_live_plan
+
+    config = make_config(data)
+    plan, _observed, _warnings = make_live_plan(config)
+    svc = clients.services().get_service(name=SERVICE_NAME)
+    svc.labels["touched"] = "yes"
+    clients.services().update_service(service=svc).result()
+    wait_settled(clients)
+    with pytest.raises(ConflictError, match="the plan shown is stale"):
+        deploy(config, options(plan=plan))
