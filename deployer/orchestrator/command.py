@@ -41,11 +41,13 @@ def make_live_plan(config: DeployConfig) -> tuple[Any, Any, list[str]]:
     from deployer.gcp.clients import Clients
     from deployer.gcp.observe import observe
     from deployer.orchestrator import traffic
-    from deployer.orchestrator.deploy import config_digest, last_deploy, open_store, state_key
+    from deployer.orchestrator.deploy import config_digest, last_deploy, state_key
     from deployer.plan import make_plan
     from deployer.preflight import Severity, run_rules
+    from deployer.state import open_store
 
-    observed = observe(config, Clients(endpoint=config.endpoint, project=config.project))
+    clients = Clients(endpoint=config.endpoint, project=config.project)
+    observed = observe(config, clients)
     findings = run_rules(config, observed)
     errors = [f for f in findings if f.severity is Severity.ERROR]
     if errors:
@@ -55,7 +57,7 @@ def make_live_plan(config: DeployConfig) -> tuple[Any, Any, list[str]]:
             hint=f"`deployer check -c {config.source.file} --live` shows each rule and its fix",
         )
     warnings = [f"{f.code} {f.field}: {f.message}" for f in findings if f.severity is Severity.WARNING]
-    store = open_store(config)
+    store = open_store(config.state, clients)
     last, owned = last_deploy(store, state_key(config), observed.service)
     if observed.service is not None:
         found = traffic.drift(observed.service, last)

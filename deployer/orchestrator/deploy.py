@@ -92,8 +92,7 @@ from deployer.plan import (
     make_plan,
 )
 from deployer.redact import SecretMask
-from deployer.state import StateStore
-from deployer.state.local import LocalStateStore
+from deployer.state import StateStore, open_store
 
 T = TypeVar("T")
 JSON = dict[str, Any]
@@ -127,18 +126,6 @@ def config_digest(desired: DesiredState) -> str:
     doc["service"], _ = SecretMask().apply(RUN_SERVICE, doc["service"])
     canon = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return "sha256:" + hashlib.sha256(canon.encode()).hexdigest()
-
-
-def open_store(config: DeployConfig, base: Path | None = None) -> StateStore:
-    if config.state.backend != "local":
-        raise UsageError(
-            f"state backend {config.state.backend!r} is not available yet; use backend: local",
-            hint="the Cloud Storage state store comes with issue 7",
-        )
-    path = Path(config.state.path)
-    if not path.is_absolute() and base is not None:
-        path = base / path
-    return LocalStateStore(path)
 
 
 class Aborted(Exception):
@@ -251,7 +238,7 @@ class Deployment:
 
     async def _run(self) -> DeployResult:
         options = self.options
-        store = open_store(self.config, options.state_base)
+        store = open_store(self.config.state, self.clients, base=options.state_base)
         lock = ServiceLock(store, self.key, clock=options.clock, ttl=options.lock_ttl)
         owner = options.owner or Owner.current()
         deploy_id = new_deploy_id(options.clock())
@@ -360,7 +347,12 @@ class Deployment:
             revision=run.revision if shape.candidate else None,
             changes=[f"{c.action.value} {c.kind} {c.id}" for c in plan.effective()],
         )
-        self.options.reporter.note(f"deploy {deploy_id}: {plan.summary().splitlines()[-1]}")
+        n = plan.counts()
+        self.options.reporter.note(
+            f"deploy {deploy_id}: {n[Action.CREATE]} to create, {n[Action.UPDATE]} to update, "
+            f"{n[Action.DELETE]} to delete, {n[Action.NOOP]} unchanged"
+            + (f"; new revision {run.revision}" if shape.candidate else "")
+        )
         return await self._steps(run, shape, lease)
 
     # ---- plan ------------------------------------------------------------------------------------
