@@ -19,7 +19,7 @@ import structlog
 from google.cloud import run_v2
 
 from deployer.cli import main
-from deployer.errors import ConflictError, DriftError, LockHeldError
+from deployer.errors import ConflictError, DriftError, LockHeldError, PreflightError
 from deployer.gcp.clients import Clients
 from deployer.localcloud.server import LocalCloud
 from deployer.orchestrator.deploy import Deployment, deploy, state_key
@@ -148,13 +148,17 @@ def test_a_good_canary_deploy(cloud, clients, data):
     assert (finished["status"], finished["deploy_id"]) == ("succeeded", result.deploy_id)
 
 
-def test_a_redeploy_with_nothing_changed_makes_zero_mutating_calls(cloud, clients, data):
+def test_a_redeploy_with_nothing_changed_makes_zero_mutating_calls(cloud, clients, data, tmp_path, capsys):
     assert deploy(make_config(data), options()).status == "succeeded"
     mark = len(cloud.world.requests)
     again = deploy(make_config(data), options())
     assert (again.status, again.exit_code, again.deploy_id) == ("no_changes", 0, None)
     assert mutating_calls(cloud, mark) == []
     assert len(cloud.world.requests) > mark  # it did read
+    config_file = tmp_path / "deploy.yaml"
+    config_file.write_text(json.dumps(data))
+    assert main(["plan", "-c", str(config_file), "--detailed-exitcode"]) == 0
+    assert "No changes for" in capsys.readouterr().out
 
 
 # ---- failure modes of the sample backend ------------------------------------------------------------
@@ -266,7 +270,61 @@ def test_an_interrupt_rolls_back(cloud, clients, data):
     assert snapshot(clients) == before
 
 
+def test_a_rollback_that_cannot_finish_exits_3_and_says_what_to_run(cloud, clients, data):
+    data["service"]["image"] = "local/chat-backend:broken-upgrade"
+    before = snapshot(clients)
+    # only the rollback removes rule 50 (the deploy adds it): make that call fail
+    control(cloud, "faults", {"method": "compute.securityPolicies.removeRule", "status": 400})
+    result = deploy(make_config(data), options())
+    assert (result.status, result.exit_code) == ("rollback_incomplete", 3), result.why
+    assert result.why is not None and "the rollback left: armor.rule" in result.why
+    assert result.remaining == [
+        "armor.rule projects/chat-staging/global/securityPolicies/chat-armor/rules/50: "
+        + next(r["detail"] for r in result.restored if r["kind"] == "armor.rule")
+    ]
+    assert result.hints == [
+        "gcloud compute security-policies rules delete 50 --security-policy chat-armor --project chat-staging"
+    ]
+    now = snapshot(clients)
+    assert now["traffic"] == before["traffic"]  # the service was still put back
+    assert 50 in now["rules"] and 50 not in before["rules"]  # and the rule is what remains
+    state = journal_of(data, str(result.deploy_id))
+    assert state.status == "rollback_incomplete" and state.finished is not None
+    assert state.finished.remaining == tuple(result.remaining)
+
+
 # ---- refusals ----------------------------------------------------------------------------------------
+
+
+def test_preflight_errors_stop_before_anything_changes(cloud, clients, data):
+    data["load_balancer"]["timeout_sec"] = 86400  # LB001: refused for a serverless NEG (gcp-facts §2.1)
+    mark = len(cloud.world.requests)
+    with pytest.raises(PreflightError) as info:
+        deploy(make_config(data), options())
+    assert "LB001 load_balancer.timeout_sec" in info.value.message and "nothing was changed" in info.value.message
+    assert mutating_calls(cloud, mark) == []
+    assert list_deploys(LocalStateStore(data["state"]["path"]), state_key(make_config(data))) == []
+
+
+def test_a_split_made_by_hand_after_a_rolled_back_deploy_is_refused_from_the_journal(cloud, clients, data):
+    data["service"]["image"] = "local/chat-backend:broken-upgrade"
+    failed = deploy(make_config(data), options())
+    assert failed.status == "rolled_back"
+    old = failed.traffic_after[0]["revision"]
+    services = clients.services()
+    svc = services.get_service(name=SERVICE_NAME)
+    kind = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION
+    svc.traffic = [
+        run_v2.TrafficTarget(type_=kind, revision=old, percent=50),
+        run_v2.TrafficTarget(type_=kind, revision=str(failed.revision), percent=50),
+    ]
+    services.update_service(service=svc).result()
+    wait_settled(clients)
+    data["service"]["image"] = "local/chat-backend:v2"
+    with pytest.raises(DriftError) as info:
+        deploy(make_config(data), options())
+    assert f"traffic is split {old} 50%, {failed.revision} 50%" in info.value.message
+    assert f"the last deploy ({failed.deploy_id}, from the journal) left {old} 100%" in info.value.message
 
 
 def test_a_stale_saved_plan_is_refused_and_a_fresh_one_applies(cloud, clients, data, tmp_path, capsys):
