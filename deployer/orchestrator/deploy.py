@@ -749,6 +749,10 @@ class Deployment:
 
     # ---- rollback --------------------------------------------------------------------------------
     async def _rollback(self, run: _Run, step: Step) -> Result:
+        # The abort that led here has been honoured: the rollback and its verify gate run to the end
+        # (a second Ctrl-C still interrupts the verify gate; the restores themselves are never cut).
+        if self._abort_event is not None:
+            self._abort_event.clear()
         run.journal.decision("rollback", step.reason or "a step failed")
         self.log.warning("deploy.rollback", phase="rollback", why=step.reason)
         restorer = Restorer(self.run_api, self.compute, run.journal, memory=run.memory, known_etag=run.etag)

@@ -267,6 +267,11 @@ def test_an_interrupt_rolls_back(cloud, clients, data):
     result = asyncio.run(deployment.run())
     assert (result.status, result.exit_code) == ("rolled_back", 1)
     assert "interrupted: SIGINT received" in str(result.why)
+    assert [(s["step"], s["ok"]) for s in result.steps][-3:] == [
+        ("bake 50%", False),
+        ("rollback", True),
+        ("verify", True),
+    ]
     assert snapshot(clients) == before
 
 
