@@ -641,6 +641,7 @@ class Deployment:
         result = await self._wait_run(op, stop)
         run.service = result
         run.etag = result.get("etag") or run.etag
+        _check_settled(result, label)
         return result
 
     async def _wait_run(self, op: Any, stop: asyncio.Event | None) -> JSON:
@@ -669,6 +670,12 @@ class Deployment:
             raise CloudError(
                 f"candidate revision {run.revision} did not become Ready: {exc}", method=exc.method, status=exc.status
             ) from exc
+        if traffic.short(result.get("latestReadyRevision")) != run.revision:
+            raise CloudError(
+                f"candidate revision {run.revision} is not the latest ready revision "
+                f"({traffic.short(result.get('latestReadyRevision'))}) after its update",
+                method="run.services.patch",
+            )
         if gates.tag_uri(result, tag) is None and not self.config.gate.candidate.url:
             raise GateError(f"the service reports no URI for the candidate's tag {tag!r}")
         note = f"candidate {run.revision} Ready, tag {tag} at 0%"
@@ -856,6 +863,23 @@ def _service_body(live: Mapping[str, Any], after: Mapping[str, Any], *, template
     body["template"] = template
     body["traffic"] = traffic
     return body
+
+
+def _check_settled(service: Mapping[str, Any], label: str) -> None:
+    """gcp-facts §4.1 [Inference] "done": the operation ended, ``reconciling`` is false, the terminal
+    condition SUCCEEDED and ``observed_generation == generation``."""
+    condition = service.get("terminalCondition") or {}
+    if (
+        service.get("reconciling")
+        or condition.get("state") != "CONDITION_SUCCEEDED"
+        or str(service.get("observedGeneration")) != str(service.get("generation"))
+    ):
+        state = condition.get("state", "no terminal condition")
+        raise CloudError(
+            f"{label}: the service did not settle ({state}, generation {service.get('generation')}, "
+            f"observed {service.get('observedGeneration')}): {condition.get('message', '')}".rstrip(": "),
+            method="run.services.patch",
+        )
 
 
 def _holder_journal(store: StateStore, info: LockInfo) -> HolderJournal:
