@@ -431,3 +431,46 @@ def test_conflict_error_type_for_a_stale_plan_object(cloud, clients, data):
     wait_settled(clients)
     with pytest.raises(ConflictError, match="the plan shown is stale"):
         deploy(config, options(plan=plan))
+
+
+# ---- undo from the journal alone (what resume and an emergency rollback build on) ----------------------
+
+
+class Crash(BaseException):
+    """Stands for the process dying mid-deploy (nothing after it runs, the journal stays unfinished)."""
+
+
+def test_a_dead_deploy_is_undone_from_its_journal_alone(cloud, clients, data):
+    from deployer.gcp.cloudrun import CloudRun
+    from deployer.gcp.compute import Compute
+    from deployer.orchestrator.journal import Journal
+    from deployer.orchestrator.rollback import Restorer
+
+    services = clients.services()
+    svc = services.get_service(name=SERVICE_NAME)
+    svc.template.containers[0].env.append(run_v2.EnvVar(name="API_TOKEN", value="tok-9f8e7d6c5b4a"))
+    services.update_service(service=svc).result()
+    data["rollout"]["bake_seconds"] = 1
+    data["load_balancer"]["log_sample_rate"] = 0.5
+    before = snapshot(clients)
+
+    async def dies(_seconds: float) -> None:
+        raise Crash
+
+    config = make_config(data)
+    with pytest.raises(Crash):
+        deploy(config, options(sleep=dies))
+    store = LocalStateStore(data["state"]["path"])
+    (deploy_id,) = list_deploys(store, state_key(config))
+    assert load(store, state_key(config), deploy_id).status == "running"
+    assert snapshot(clients) != before
+
+    journal = Journal.open(store, state_key(config), deploy_id)
+    restorer = Restorer(CloudRun(clients), Compute(clients, PROJECT), journal)  # no memory: masked pre-images
+    report = restorer.restore_all()
+    assert report.ok, report.remaining
+    assert sorted(i.kind for i in report.items) == ["armor.rule", "compute.backendService", "run.service"]
+    assert snapshot(clients) == before
+    env = {e.name: e.value for e in services.get_service(name=SERVICE_NAME).template.containers[0].env}
+    assert env["API_TOKEN"] == "tok-9f8e7d6c5b4a"  # filled from the pre-image's own revision
+    journal.finish("rolled_back", "undone from the journal")
