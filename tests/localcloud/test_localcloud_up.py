@@ -128,6 +128,51 @@ def test_up_with_a_seed_file_serves_the_seeded_world(tmp_path):
     assert r.proc.returncode == 0
 
 
+@pytest.mark.e2e
+def test_real_clients_round_trip_against_the_running_process(running):
+    """The issue's "done when": with `deployer localcloud up` running, the real clients' create → update →
+    `.result()` round trips work for Cloud Run and for Compute."""
+    from google.api_core.future import polling
+    from google.cloud import compute_v1, run_v2
+
+    from deployer.gcp.clients import Clients
+
+    _wait_healthy(running.endpoint)
+    clients = Clients(endpoint=running.endpoint, project="local-project")
+    fast = polling.DEFAULT_POLLING.with_delay(initial=0.02, maximum=0.1, multiplier=1.5).with_timeout(30)
+
+    parent = "projects/local-project/locations/us-central1"
+    svc = run_v2.Service(template=run_v2.RevisionTemplate(containers=[run_v2.Container(image="gcr.io/p/app:1")]))
+    services = clients.services()
+    created = services.create_service(parent=parent, service=svc, service_id="round-trip").result(polling=fast)
+    assert created.generation == 1
+    assert created.latest_ready_revision.startswith(f"{created.name}/revisions/round-trip-00001-")
+    current = services.get_service(name=created.name)
+    current.template.containers[0].image = "gcr.io/p/app:2"
+    updated = services.update_service(service=current).result(polling=fast)
+    assert updated.generation == 2
+    assert updated.template.containers[0].image == "gcr.io/p/app:2"
+    assert updated.latest_ready_revision != created.latest_ready_revision
+
+    backends = clients.backend_services()
+    body = compute_v1.BackendService(name="round-trip-bs", protocol="HTTPS", load_balancing_scheme="EXTERNAL_MANAGED")
+    assert backends.insert(project="local-project", backend_service_resource=body).result(timeout=30) is None
+    before = backends.get(project="local-project", backend_service="round-trip-bs")
+    patch = compute_v1.BackendService(description="patched", fingerprint=before.fingerprint)
+    assert (
+        backends.patch(project="local-project", backend_service="round-trip-bs", backend_service_resource=patch).result(
+            timeout=30
+        )
+        is None
+    )
+    after = backends.get(project="local-project", backend_service="round-trip-bs")
+    assert after.description == "patched" and after.fingerprint != before.fingerprint
+
+    running.proc.send_signal(signal.SIGTERM)
+    running.proc.communicate(timeout=20)
+    assert running.proc.returncode == 0
+
+
 def _run_fails(*args: str) -> tuple[int, str, str]:
     proc = subprocess.run(_cmd(*args), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60)
     return proc.returncode, proc.stdout, proc.stderr
