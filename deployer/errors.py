@@ -20,6 +20,7 @@ The CLI prints ``error: <message>`` (and ``hint: <hint>``) and never a traceback
     │   ├── LockLostError                     our lease was taken or deleted while we held it
     │   └── LockHeldError             exit 4  another deploy holds the service lock
     ├── DriftError                    exit 1  live state differs from what the last deploy left
+    ├── FreezeError                   exit 1  a deploy inside a freeze window (config ``freeze:``)
     ├── RollbackIncompleteError       exit 3  a rollback could not put everything back
     └── LocalCloudError               exit 1  the embedded local cloud failed (port in use, …)
 
@@ -154,6 +155,10 @@ class LockHeldError(StateError):
 
 class DriftError(DeployerError):
     pass
+
+
+class FreezeError(DeployerError):
+    """A deploy refused inside an active freeze window; ``--override-freeze --reason`` overrides it."""
 
 
 class RollbackIncompleteError(DeployerError):
