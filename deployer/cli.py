@@ -155,11 +155,63 @@ def deploy(
     ] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="The result as JSON on stdout.")] = False,
+    if_changed: Annotated[
+        bool, typer.Option("--if-changed", help="Plan first; nothing to change: exit 0 without any write.")
+    ] = False,
+    override_freeze: Annotated[
+        bool, typer.Option("--override-freeze", help="Deploy inside a freeze window (needs --reason; journaled).")
+    ] = False,
+    reason: Annotated[str | None, typer.Option("--reason", help="Why the freeze is overridden (journaled).")] = None,
 ) -> None:
     """Canary deploy with gates, rolled back on failure: exit 0 deployed, 1 rolled back, 3 incomplete, 4 locked."""
     from deployer.orchestrator.command import run_deploy
 
-    raise typer.Exit(run_deploy(config, plan_file=plan_file, yes=yes, json_out=json_out))
+    raise typer.Exit(
+        run_deploy(
+            config,
+            plan_file=plan_file,
+            yes=yes,
+            json_out=json_out,
+            if_changed=if_changed,
+            override_freeze=override_freeze,
+            reason=reason,
+        )
+    )
+
+
+@app.command("status")
+def status(
+    config: Annotated[str, typer.Option("--config", "-c", help="The deploy config (YAML).")],
+    json_out: Annotated[bool, typer.Option("--json", help="The whole status as JSON on stdout.")] = False,
+) -> None:
+    """What serves now (traffic by revision and tag), the last deploy, the lock, any pin, and drift from the config."""
+    from deployer.orchestrator.show import run_status
+
+    raise typer.Exit(run_status(config, json_out=json_out))
+
+
+@app.command("history")
+def history(
+    config: Annotated[str, typer.Option("--config", "-c", help="The deploy config (YAML).")],
+    limit: Annotated[int, typer.Option("--limit", "-n", help="How many deploys, newest first.")] = 20,
+    json_out: Annotated[bool, typer.Option("--json", help="The deploys as JSON on stdout.")] = False,
+) -> None:
+    """Deploys and rollbacks of the service from the journal, newest first: outcome, who, when, duration."""
+    from deployer.orchestrator.show import run_history
+
+    raise typer.Exit(run_history(config, limit=limit, json_out=json_out))
+
+
+@app.command("why")
+def why(
+    deploy_id: Annotated[str, typer.Argument(help="A deploy id from `deployer history` (or 'last').")],
+    config: Annotated[str, typer.Option("--config", "-c", help="The deploy config (YAML).")],
+    json_out: Annotated[bool, typer.Option("--json", help="Everything the journal says, as JSON.")] = False,
+) -> None:
+    """Every phase of one deploy with timings, gate evidence, the decision taken and what was rolled back."""
+    from deployer.orchestrator.show import run_why
+
+    raise typer.Exit(run_why(config, deploy_id, json_out=json_out))
 
 
 def _report(exc: Any) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -136,15 +137,33 @@ def run_deploy(
     yes: bool = False,
     json_out: bool = False,
     stream: TextIO | None = None,
+    if_changed: bool = False,
+    override_freeze: bool = False,
+    reason: str | None = None,
+    clock: Callable[[], datetime] | None = None,
 ) -> int:
     from deployer import logs
     from deployer.orchestrator.deploy import DeployOptions, deploy
     from deployer.orchestrator.report import LiveReporter, NullReporter, Reporter, render_result
+    from deployer.orchestrator.scheduled import before_deploy, freeze_override
 
     stream = stream or sys.stdout
+    override = freeze_override(override_freeze, reason)
     config = load_config(path)
     interactive = stream.isatty() and sys.stdin.isatty()
     logs.configure(json=not stream.isatty(), level="warning" if stream.isatty() else "info")
+    now = clock or (lambda: datetime.now(UTC))
+    early = before_deploy(
+        config,
+        plan_file=plan_file,
+        if_changed=if_changed,
+        override=override,
+        json_out=json_out,
+        stream=stream,
+        clock=now,
+    )
+    if early is not None:  # --if-changed and nothing to change: no mutating call, no lock
+        return early
     plan = None
     if plan_file is None and not yes:
         if not interactive:
@@ -165,7 +184,9 @@ def run_deploy(
     reporter: Reporter = NullReporter()
     if stream.isatty() and not json_out:
         reporter = LiveReporter(_console(stream), f"deploy {config.service.name} ({config.project}/{config.region})")
-    options = DeployOptions(plan_file=plan_file, plan=plan, reporter=reporter, handle_signals=True)
+    options = DeployOptions(
+        plan_file=plan_file, plan=plan, reporter=reporter, handle_signals=True, freeze_override=override, clock=now
+    )
     try:
         result = deploy(config, options)
     finally:

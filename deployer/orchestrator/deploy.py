@@ -65,6 +65,7 @@ from deployer.gcp.compute import Compute, new_request_id
 from deployer.gcp.operations import POLL, PollSchedule
 from deployer.model import DesiredState, Observed
 from deployer.orchestrator import gates, traffic
+from deployer.orchestrator.freeze import OVERRIDE_FREEZE, ActiveFreeze, FreezeOverride, check_freeze, frozen_message
 from deployer.orchestrator.journal import (
     Journal,
     list_deploys,
@@ -149,6 +150,7 @@ class DeployOptions:
     state_base: Path | None = None  # a relative state path is relative to this (default: the cwd)
     gate_env: Mapping[str, str] | None = None
     previous_tag: str = PREVIOUS_TAG
+    freeze_override: FreezeOverride | None = None  # deploy inside a freeze window anyway (journaled)
 
 
 def deploy(config: DeployConfig, options: DeployOptions | None = None) -> DeployResult:
@@ -189,6 +191,7 @@ class Deployment:
         self.key = state_key(config)
         self.desired = desired_state(config)
         self._abort_reason: str | None = None
+        self._overridden: list[ActiveFreeze] = []
         self._abort_event: asyncio.Event | None = None
         self.log: Any = structlog.get_logger("deployer.deploy").bind(service=self.key)
 
@@ -238,6 +241,8 @@ class Deployment:
 
     async def _run(self) -> DeployResult:
         options = self.options
+        # Freeze windows (issue 7): refused before anything is read or locked, unless overridden.
+        self._overridden = check_freeze(self.config, options.clock(), override=options.freeze_override)
         store = open_store(self.config.state, self.clients, base=options.state_base)
         lock = ServiceLock(store, self.key, clock=options.clock, ttl=options.lock_ttl)
         owner = options.owner or Owner.current()
@@ -328,7 +333,16 @@ class Deployment:
             plan=plan,
             clock=options.clock,
             mask=SecretMask(),
+            reason=options.freeze_override.reason if self._overridden and options.freeze_override else None,
         )
+        if self._overridden and options.freeze_override is not None:
+            journal.decision(
+                OVERRIDE_FREEZE,
+                options.freeze_override.reason,
+                windows=[a.to_json() for a in self._overridden],
+                by=owner.describe(),
+            )
+            self.log.warning("deploy.freeze_overridden", phase="plan", windows=frozen_message(self._overridden))
         run = _Run(
             deploy_id=deploy_id,
             journal=journal,

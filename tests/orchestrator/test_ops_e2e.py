@@ -1,0 +1,272 @@
+"""``deployer status`` / ``history`` / ``why`` and the scheduled-redeploy rules (``deploy --if-changed``,
+freeze windows) end to end: the seed's world in a local cloud with real revision processes, the real
+Google clients over HTTP, real WebSocket gates, the commands run through ``deployer.cli.main``.
+
+Freeze windows are judged on an injected clock (``run_deploy(clock=...)``, the function behind
+``deployer deploy``), except for the one check that goes through ``main`` on the real clock.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from deployer.cli import main
+from deployer.errors import FreezeError
+from deployer.gcp.clients import Clients
+from deployer.localcloud.server import LocalCloud
+from deployer.orchestrator.command import run_deploy
+from deployer.orchestrator.deploy import deploy, state_key
+from deployer.orchestrator.journal import list_deploys, load
+from deployer.state.local import LocalStateStore
+from tests.localcloud.runtime.support import no_process_left_behind
+from tests.orchestrator.deploy_support import (
+    PROJECT,
+    config_data,
+    make_config,
+    mutating_calls,
+    options,
+    reseed,
+    world_doc,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def cloud():
+    with no_process_left_behind():
+        lc = LocalCloud(
+            lb_port=0,
+            seed_doc=world_doc(),
+            runtime_options={"startup_timeout": 4.0, "stop_grace": 1.0, "lb_seed": 7},
+        )
+        lc.start()
+        try:
+            yield lc
+        finally:
+            lc.stop()
+
+
+@pytest.fixture(autouse=True)
+def _logs_back_to_defaults():
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.fixture
+def clients(cloud):
+    c = Clients(endpoint=cloud.endpoint, project=PROJECT)
+    reseed(cloud, c)
+    return c
+
+
+@pytest.fixture
+def data(cloud, clients, tmp_path):
+    return config_data(cloud, tmp_path / "state")
+
+
+def write_config(data: dict[str, Any], path: Path) -> str:
+    path.write_text(json.dumps(data))  # JSON is YAML
+    return str(path)
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ---- status, history, why ------------------------------------------------------------------------
+
+
+def test_status_history_and_why_after_a_good_and_a_rolled_back_deploy(cloud, clients, data, tmp_path, capsys):
+    good = deploy(make_config(data), options())
+    assert good.status == "succeeded", good.why
+    broken = copy.deepcopy(data)
+    broken["service"]["image"] = "local/chat-backend:broken-upgrade"
+    broken["load_balancer"]["custom_request_headers"] = ["X-Forwarded-Proto: https", "X-Release: canary"]
+    bad = deploy(make_config(broken), options())
+    assert bad.status == "rolled_back", bad.why
+    cfg = write_config(data, tmp_path / "deploy.yaml")
+
+    # status: reads only
+    mark = len(cloud.world.requests)
+    code, out, _ = run(capsys, "status", "-c", cfg, "--json")
+    assert code == 0
+    assert mutating_calls(cloud, mark) == []
+    doc = json.loads(out)
+    assert doc["traffic"] == [
+        {"revision": good.revision, "percent": 100, "tags": [], "latest": False},
+        {"revision": good.previous, "percent": 0, "tags": ["previous"], "latest": False},
+    ]
+    assert (doc["last_deploy"]["deploy_id"], doc["last_deploy"]["status"]) == (bad.deploy_id, "rolled_back")
+    assert doc["last_deploy"]["why"].startswith("gate_candidate failed")
+    assert (doc["last_succeeded"]["deploy_id"], doc["last_succeeded"]["revision"]) == (good.deploy_id, good.revision)
+    assert doc["lock"]["held"] is False and doc["pin"] is None
+    assert doc["drift"]["in_sync"] is True and doc["drift"]["checked"] >= 4
+    assert doc["annotations"]["deployer.dev/last-good-revision"] == good.revision
+
+    # status against the broken config: the drift a deploy would apply
+    bad_cfg = write_config(broken, tmp_path / "broken.yaml")
+    code, out, _ = run(capsys, "status", "-c", bad_cfg, "--json")
+    drift = json.loads(out)["drift"]
+    assert code == 0 and drift["in_sync"] is False
+    changed = {(c["kind"], c["action"]): c["fields"] for c in drift["changes"]}
+    assert set(changed) == {("run.service", "update"), ("compute.backendService", "update")}
+    assert any("local/chat-backend:broken-upgrade" in f for f in changed[("run.service", "update")])
+    assert changed[("compute.backendService", "update")] == ['+ customRequestHeaders[1]: "X-Release: canary"']
+
+    code, out, _ = run(capsys, "status", "-c", cfg)
+    assert code == 0
+    assert f"{good.revision}" in out and "100%" in out and "lock  free" in out
+    assert f"{bad.deploy_id} rolled back" in out and f"last succeeded: {good.deploy_id} succeeded" in out
+    assert "drift none" in out
+
+    # history: newest first, outcome, who, revision
+    code, out, _ = run(capsys, "history", "-c", cfg, "--json")
+    deploys = json.loads(out)["deploys"]
+    assert code == 0
+    assert [(d["deploy_id"], d["status"], d["revision"]) for d in deploys] == [
+        (bad.deploy_id, "rolled_back", bad.revision),
+        (good.deploy_id, "succeeded", good.revision),
+    ]
+    assert all(d["duration_s"] > 0 and d["owner"]["user"] for d in deploys)
+    assert deploys[1]["previous_revision"] == good.previous
+    code, out, _ = run(capsys, "history", "-c", cfg, "--limit", "1")
+    assert code == 0 and bad.deploy_id in out and good.deploy_id not in out
+
+    # why: the phases, the failed gate's evidence, the decision, what was put back
+    code, out, _ = run(capsys, "why", str(bad.deploy_id), "-c", cfg)
+    assert code == 0
+    for needle in (
+        "decision  rolled back: gate_candidate failed",
+        "✗ gate_candidate",
+        "gate candidate: Failed",
+        "failed: upgrade_refused HTTP 403 ×4",
+        "↺ rollback",
+        "put back compute.backendService chat-backend-bs: done",
+        "put back run.service chat-backend: done",
+        "gate restored: Passed",
+    ):
+        assert needle in out, needle
+    code, out, _ = run(capsys, "why", "last", "-c", cfg, "--json")
+    assert code == 0 and json.loads(out)["deploy_id"] == bad.deploy_id
+    code, out, _ = run(capsys, "why", str(good.deploy_id), "-c", cfg, "--json")
+    explained = json.loads(out)
+    assert [p["phase"] + (f" {p['percent']}%" if p["percent"] else "") for p in explained["phases"]] == [
+        "apply",
+        "gate_candidate",
+        "shift 50%",
+        "gate_public 50%",
+        "shift 100%",
+        "gate_public 100%",
+    ]
+    assert [g["verdict"] for p in explained["phases"] for g in p["gates"]] == ["Passed"] * 3
+    assert all(p["duration_s"] is not None for p in explained["phases"])
+
+    # an unknown deploy id: one line, exit 2
+    code, out, err = run(capsys, "why", "d-20990101-000000-0000", "-c", cfg)
+    assert code == 2 and out == ""
+    assert (
+        err.splitlines()[0]
+        == f"error: no deploy d-20990101-000000-0000 of {state_key(make_config(data))} in the journal"
+    )
+    assert err.splitlines()[1].startswith("hint: `deployer history -c CONFIG` lists them")
+
+
+# ---- deploy --if-changed --------------------------------------------------------------------------
+
+
+def test_if_changed_with_nothing_to_change_writes_nothing_not_even_state(cloud, clients, data, tmp_path, capsys):
+    # Team state in the local cloud's Cloud Storage, so a state write would be in the request log too.
+    data["state"] = {"backend": "gcs", "bucket": "deployer-state", "prefix": f"t-{tmp_path.name}"}
+    mark = len(cloud.world.requests)
+    first = deploy(make_config(data), options())
+    assert first.status == "succeeded", first.why
+    storage_writes = [c for c in mutating_calls(cloud, mark) if c.startswith("storage.")]
+    assert storage_writes, "the deploy's journal and lock writes are visible in the request log"
+    cfg = write_config(data, tmp_path / "deploy.yaml")
+
+    mark = len(cloud.world.requests)
+    code, out, err = run(capsys, "deploy", "-c", cfg, "--if-changed", "--yes")
+    assert code == 0, err
+    assert "no changes  chat-staging/us-central1/chat-backend" in out
+    assert "the live resources match the config" in out
+    assert mutating_calls(cloud, mark) == []  # no API write, no journal, no lock
+    read = {rec.method for rec in list(cloud.world.requests)[mark:]}
+    assert {"run.services.get", "compute.backendServices.get", "storage.objects.list"} <= read
+
+    # with a change, --if-changed deploys it
+    data["service"]["env"]["WEBSOCKET_HEARTBEAT_INTERVAL"] = 30
+    cfg = write_config(data, tmp_path / "deploy.yaml")
+    code, out, err = run(capsys, "deploy", "-c", cfg, "--if-changed", "--yes", "--json")
+    assert code == 0, err
+    assert json.loads(out)["status"] == "succeeded"
+
+
+# ---- freeze windows ------------------------------------------------------------------------------
+
+FROZEN_AT = datetime(2030, 12, 24, 15, 0, tzinfo=UTC)
+YEAR_END = {"reason": "year-end", "start": "2030-12-20T00:00:00Z", "end": "2031-01-04T00:00:00Z"}
+
+
+def test_a_freeze_window_refuses_and_an_override_with_a_reason_deploys_journaled(cloud, clients, data, tmp_path):
+    data["freeze"] = [YEAR_END]
+    cfg = write_config(data, tmp_path / "deploy.yaml")
+    store = LocalStateStore(data["state"]["path"])
+    key = state_key(make_config(data))
+
+    mark = len(cloud.world.requests)
+    with pytest.raises(FreezeError) as info:
+        run_deploy(cfg, yes=True, clock=lambda: FROZEN_AT)
+    assert info.value.exit_code == 1
+    assert 'freeze[0] "year-end"' in info.value.message and "until 2031-01-04 00:00 UTC" in info.value.message
+    assert len(cloud.world.requests) == mark  # refused before reading anything
+    # --if-changed looks first: with changes to make, it is refused too, having only read
+    with pytest.raises(FreezeError):
+        run_deploy(cfg, yes=True, if_changed=True, clock=lambda: FROZEN_AT)
+    assert mutating_calls(cloud, mark) == [] and list_deploys(store, key) == []
+
+    code = run_deploy(cfg, yes=True, override_freeze=True, reason="hotfix for INC-42", clock=lambda: FROZEN_AT)
+    assert code == 0
+    [deploy_id] = list_deploys(store, key)
+    journal = load(store, key, deploy_id)
+    assert journal.status == "succeeded" and journal.started.reason == "hotfix for INC-42"
+    override = journal.decisions[0]
+    assert (override.decision, override.reason) == ("override_freeze", "hotfix for INC-42")
+    assert override.detail["windows"][0]["key"] == "freeze[0]"
+    assert override.detail["by"] == journal.started.owner.describe()
+    assert journal.rolling_back is False
+
+    # frozen, --if-changed, nothing to change: exit 0 and no write
+    mark = len(cloud.world.requests)
+    assert run_deploy(cfg, yes=True, if_changed=True, clock=lambda: FROZEN_AT) == 0
+    assert mutating_calls(cloud, mark) == [] and list_deploys(store, key) == [deploy_id]
+
+
+def test_the_cli_refuses_inside_a_window_on_the_real_clock_in_one_line(cloud, clients, data, tmp_path, capsys):
+    now = datetime.now(UTC)
+    data["freeze"] = [
+        {
+            "reason": "launch",
+            "start": (now - timedelta(hours=1)).isoformat(),
+            "end": (now + timedelta(hours=1)).isoformat(),
+        }
+    ]
+    cfg = write_config(data, tmp_path / "deploy.yaml")
+    mark = len(cloud.world.requests)
+    code, out, err = run(capsys, "deploy", "-c", cfg, "--yes")
+    assert code == 1 and out == ""
+    assert err.startswith('error: chat-backend: deploys are frozen by freeze[0] "launch"')
+    assert "hint: wait until then, or pass --override-freeze --reason TEXT" in err
+    code, _, err = run(capsys, "deploy", "-c", cfg, "--yes", "--override-freeze")
+    assert code == 2 and "--override-freeze needs --reason TEXT" in err
+    assert len(cloud.world.requests) == mark
