@@ -243,10 +243,12 @@ def build_status(
     pins_supported: bool = True,
     traffic_drift: str | None = None,
 ) -> ServiceStatus:
-    """The status as a value (pure). ``history`` is newest first (``history.read_history``)."""
+    """The status as a value (pure). ``history`` is newest first (``history.read_history``); the last
+    deploy is its newest deploy or rollback, the last succeeded its newest successful deploy."""
     svc = observed_service or {}
     annotations = {k: str(v) for k, v in (svc.get("annotations") or {}).items() if k.startswith("deployer.dev/")}
-    readable = [h for h in history if h.status != "unreadable"]
+    # unlock / unpin journals are history, not deploys: "last deploy" is the newest deploy or rollback
+    moves = [h for h in history if h.operation in ("deploy", "rollback") or h.status == "unreadable"]
     return ServiceStatus(
         service=service,
         service_name=service_name,
@@ -257,9 +259,9 @@ def build_status(
         latest_created=short(svc.get("latestCreatedRevision")) or None,
         reconciling=bool(svc.get("reconciling")),
         annotations=annotations,
-        last=history[0] if history else None,
-        last_succeeded=next((h for h in readable if h.status == "succeeded"), None),
-        journal_error=journal_error or (history[0].error if history and history[0].status == "unreadable" else None),
+        last=moves[0] if moves else None,
+        last_succeeded=next((h for h in moves if h.status == "succeeded" and h.operation == "deploy"), None),
+        journal_error=journal_error or (moves[0].error if moves and moves[0].status == "unreadable" else None),
         lock=lock or LockView(held=False),
         pin=pin,
         pins_supported=pins_supported,

@@ -284,6 +284,8 @@ class Explanation:
     def verdict_line(self) -> str:
         """The decision taken, and why, in one line."""
         s = self.summary
+        if s.status == "succeeded" and s.operation != "deploy":
+            return f"{s.operation} done: {s.summary or 'finished'}" + (f" ({s.why})" if s.why else "")
         if s.status == "succeeded":
             gates = self.gates
             passed = sum(1 for g in gates if g.passed)

@@ -276,3 +276,23 @@ def rolled_back_deploy(deploy_id: str = "d-20260302-100000-c3d4", *, at: datetim
 
 def as_json(records: list[Record]) -> str:
     return json.dumps([r.model_dump(mode="json") for r in records])
+
+
+def emergency_rollback(deploy_id: str = "d-20260302-103000-e5f6", *, at: datetime | None = None) -> Builder:
+    """``deployer rollback``'s journal shape (emergency.py): decision rollback → one traffic update → pin."""
+    b = Builder(deploy_id, at=at or T0 + timedelta(hours=1), owner=OWNER, operation="rollback", reason="5xx on /ws")
+    b.decision("rollback", "5xx on /ws", to_revision="chat-backend-00001-abc", source="journal")
+    b.after(1).effect(
+        "e1",
+        "run.service",
+        SERVICE_NAME,
+        "run.services.patch",
+        intended={"traffic": [{"revision": "chat-backend-00001-abc", "percent": 100}]},
+    )
+    b.decision("pin", "5xx on /ws", revision="chat-backend-00001-abc")
+    return b.after(1).finish(
+        "succeeded",
+        "traffic moved to chat-backend-00001-abc",
+        to_revision="chat-backend-00001-abc",
+        why="the last good revision from the journal",
+    )

@@ -29,6 +29,7 @@ from tests.orchestrator.history_support import (
     SERVICE_NAME,
     T0,
     Builder,
+    emergency_rollback,
     evidence,
     good_deploy,
     rolled_back_deploy,
@@ -66,6 +67,20 @@ def test_a_rolled_back_deploy_summarised_keeps_the_why_and_no_previous() -> None
     assert s.extra["pinned_latest_to"] == ["chat-backend-00001-abc"]
     assert s.duration_s() == 40.0
     assert s.decisions == (f"rollback: {s.why}",)
+
+
+def test_an_emergency_rollback_summarised_names_where_traffic_went_and_why() -> None:
+    s = summarize(fold(emergency_rollback().records))
+    assert (s.operation, s.status, s.revision) == ("rollback", "succeeded", "chat-backend-00001-abc")
+    assert (s.reason, s.why, s.who) == ("5xx on /ws", "the last good revision from the journal", "ana@laptop")
+    out = text_of(render_history, [s], service=KEY)
+    row = next(line for line in out.splitlines() if line.startswith("d-20260302-103000-e5f6"))
+    assert "rollback" in row and "chat-backend-00001-abc" in row and "(reason: 5xx on /ws)" in row
+    expl = explain(emergency_rollback().records)
+    assert [d.decision for d in expl.decisions] == ["rollback", "pin"]
+    assert expl.verdict_line() == (
+        "rollback done: traffic moved to chat-backend-00001-abc (the last good revision from the journal)"
+    )
 
 
 def test_an_infra_only_deploy_has_no_revision() -> None:

@@ -16,7 +16,15 @@ from deployer.orchestrator.lock import LockInfo
 from deployer.orchestrator.show import resolve_deploy_id
 from deployer.orchestrator.status import LockView, PinView, build_status, render_status, traffic_rows
 from deployer.plan import ANNOTATION_DEPLOY_ID, ANNOTATION_LAST_GOOD, ANNOTATION_PREVIOUS, Action, Change, Plan
-from tests.orchestrator.history_support import CI, KEY, SERVICE_NAME, T0, good_deploy, rolled_back_deploy
+from tests.orchestrator.history_support import (
+    CI,
+    KEY,
+    SERVICE_NAME,
+    T0,
+    emergency_rollback,
+    good_deploy,
+    rolled_back_deploy,
+)
 
 LATEST = "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST"
 REVISION = "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION"
@@ -112,6 +120,20 @@ def test_after_a_rollback_the_last_deploy_says_why_and_the_last_success_is_shown
     out = text_of(status)
     assert "d-20260302-100000-c3d4 rolled back" in out and "why: gate_candidate failed" in out
     assert "last succeeded: d-20260302-093000-a1b2 succeeded" in out
+
+
+def test_after_an_emergency_rollback_it_is_the_last_and_the_last_success_is_still_a_deploy() -> None:
+    good, bad = summarize(fold(good_deploy().records)), summarize(fold(rolled_back_deploy().records))
+    rollback = summarize(fold(emergency_rollback().records))
+    status = build_status(
+        service=KEY,
+        service_name=SERVICE_NAME,
+        at=NOW,
+        observed_service=service(),
+        plan=plan_of(NOOP),
+        history=[rollback, bad, good],
+    )
+    assert (status.last, status.last_succeeded) == (rollback, good)
 
 
 def test_drift_lists_what_differs_with_secrets_masked() -> None:
