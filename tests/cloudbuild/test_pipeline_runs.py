@@ -205,11 +205,16 @@ def test_pipeline_runs_against_the_local_cloud(
         assert journals(workspace, clients)[0].started.owner.build_id == BUILD_ID
     elif name == "redeploy-scheduled.yaml":
         assert live_image(clients) == IMAGE and served_version(cloud) == "v2"
-        # the next scheduled run finds nothing to change: no mutating Cloud Run or Compute call
+        assert [j.status for j in journals(workspace, clients)] == ["succeeded"]
+        assert journals(workspace, clients)[0].started.owner.build_id == BUILD_ID
+        # the next scheduled run finds nothing to change: no mutating call at all — no Cloud Run or
+        # Compute write, and not even a lock or journal write to the state bucket (it only reads)
         since = len(cloud.world.requests)
         run_pipeline(name, workspace, waves)
-        changed = [c for c in mutating_calls(cloud, since) if c.startswith(("run.", "compute."))]
-        assert changed == []
+        assert mutating_calls(cloud, since) == []
+        read = {rec.method for rec in list(cloud.world.requests)[since:]}
+        assert {"run.services.get", "storage.objects.list"} <= read
+        assert len(journals(workspace, clients)) == 1
     elif name == "rollback.yaml":
         assert served_version(cloud) == "v1" and live_image(clients) == "local/chat-backend:v1"
     else:  # pragma: no cover - a new pipeline needs its own expectations here
