@@ -161,7 +161,12 @@ def deploy(
     override_freeze: Annotated[
         bool, typer.Option("--override-freeze", help="Deploy inside a freeze window (needs --reason; journaled).")
     ] = False,
-    reason: Annotated[str | None, typer.Option("--reason", help="Why the freeze is overridden (journaled).")] = None,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Why the freeze is overridden, or the pin cleared (journaled).")
+    ] = None,
+    unpin: Annotated[
+        bool, typer.Option("--unpin", help="Clear an emergency rollback's pin first (journaled) instead of refusing.")
+    ] = False,
 ) -> None:
     """Canary deploy with gates, rolled back on failure: exit 0 deployed, 1 rolled back, 3 incomplete, 4 locked."""
     from deployer.orchestrator.command import run_deploy
@@ -175,8 +180,76 @@ def deploy(
             if_changed=if_changed,
             override_freeze=override_freeze,
             reason=reason,
+            unpin=unpin,
         )
     )
+
+
+@app.command("rollback")
+def rollback(
+    config: Annotated[str, typer.Option("--config", "-c", help="The deploy config (YAML).")],
+    reason: Annotated[str | None, typer.Option("--reason", help="Why (journaled, and shown with the pin).")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="The revision to move traffic to (default: last good).")] = (
+        None
+    ),
+    infra: Annotated[
+        bool, typer.Option("--infra", help="Also put the backend service and owned Cloud Armor rules back.")
+    ] = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Run the public gate after the move.")] = False,
+    pin_for: Annotated[
+        str | None, typer.Option("--pin-for", help="How long the pin refuses deploys (default 24h; e.g. 30m, 7d).")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="The result as JSON on stdout.")] = False,
+) -> None:
+    """Emergency rollback: 100% of traffic to the last good revision now, preempting a deploy, and pin it.
+
+    Exit 0 done, 1 failed (nothing changed), 3 incomplete, 2 usage, 4 a live rollback/resume holds the lock."""
+    from deployer.orchestrator.recovery import run_rollback
+
+    raise typer.Exit(
+        run_rollback(
+            config, reason=reason, to_revision=to, infra=infra, verify=verify, pin_for=pin_for, json_out=json_out
+        )
+    )
+
+
+@app.command("resume")
+def resume(
+    config: Annotated[str, typer.Option("--config", "-c", help="The deploy config (YAML).")],
+    verify: Annotated[bool, typer.Option("--verify", help="After an undo, run the gate on the restored path.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="The result as JSON on stdout.")] = False,
+) -> None:
+    """Finish or undo a deploy or rollback whose process died, from its journal.
+
+    Exit 0 finished (succeeded or rolled back), 3 something remains changed, 4 its process still runs."""
+    from deployer.orchestrator.recovery import run_resume
+
+    raise typer.Exit(run_resume(config, verify=verify, json_out=json_out))
+
+
+@app.command("unpin")
+def unpin(
+    config: Annotated[str, typer.Option("--config", "-c", help="The deploy config (YAML).")],
+    reason: Annotated[str | None, typer.Option("--reason", help="Why (journaled).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="The result as JSON on stdout.")] = False,
+) -> None:
+    """Clear an emergency rollback's pin (journaled), so deploys may run again."""
+    from deployer.orchestrator.recovery import run_unpin
+
+    raise typer.Exit(run_unpin(config, reason=reason, json_out=json_out))
+
+
+@app.command("unlock")
+def unlock(
+    config: Annotated[str, typer.Option("--config", "-c", help="The deploy config (YAML).")],
+    force: Annotated[bool, typer.Option("--force", help="Remove the lease whoever holds it (required).")] = False,
+    reason: Annotated[str | None, typer.Option("--reason", help="Why (journaled).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="The result as JSON on stdout.")] = False,
+) -> None:
+    """Remove the service lock by force (journaled); a holder that is still running stops at its next check."""
+    from deployer.orchestrator.recovery import run_unlock
+
+    raise typer.Exit(run_unlock(config, force=force, reason=reason, json_out=json_out))
 
 
 @app.command("status")

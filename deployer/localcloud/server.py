@@ -63,6 +63,14 @@ def _make_handler(route: Route, world: World) -> Any:
     return handler
 
 
+def _kill(pid: int) -> None:
+    """The ``kill`` fault (a test harness for SIGKILL at a precise call, not Google behaviour)."""
+    if pid > 0:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+        log.warning("localcloud.fault_killed", pid=pid)
+
+
 def _fault_error(route: Route, world: World) -> ApiError | None:
     if route.flavor == "control":
         return None
@@ -88,16 +96,29 @@ def build_app(world: World, routes: Iterable[Route] | None = None, *, log_reques
         route_handler = getattr(match.route, "handler", None)
         route = getattr(route_handler, "route", None)
         fault = False
+        kill = None
         try:
             if route is not None:
                 delay = world.faults.latency_for(route.method)
                 if delay > 0:
                     await asyncio.sleep(delay)
+                if route.flavor != "control":
+                    hook = world.faults.take(route.method, kind="hook")
+                    if hook is not None and hook.hook is not None:
+                        await asyncio.to_thread(hook.hook)
+                    kill = world.faults.take(route.method, kind="kill")
+                    if kill is not None and kill.when == "before":
+                        _kill(kill.pid)  # the caller dies; its call is dropped unapplied
+                        fault = True
+                        raise ApiError(503, "The caller was killed before this call (local cloud test harness).")
                 injected = _fault_error(route, world)
                 if injected is not None:
                     fault = True
                     raise injected
             response = await handler(request)
+            if kill is not None and kill.when == "after":
+                _kill(kill.pid)  # applied; the caller dies before it reads the answer
+                fault = True
         except ApiError as exc:
             response = exc.response(route.flavor if route else "control")
         except web.HTTPException as exc:

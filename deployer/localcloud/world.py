@@ -86,13 +86,26 @@ class FaultRule:
     ``kind="http"``: the call answers ``status`` with Google's error shape for that API.
     ``kind="operation"``: the call succeeds but its long-running operation ends in error
     (``status`` is the HTTP code a Compute operation reports; Cloud Run maps it to a gRPC code).
+
+    Test-harness kinds (not Google behaviour: they stand in for what happens *around* a call):
+    ``kind="kill"``: SIGKILL the process ``pid`` (the deployer under test) — ``when="before"``: the call
+    is dropped unapplied; ``when="after"``: the call is applied, then the caller is killed before it
+    gets the answer. ``kind="hook"`` (Python only, not through the control plane): ``hook()`` runs on a
+    worker thread just before the call is handled — e.g. a foreign write through the real clients,
+    landing between the caller's read and its write.
+
+    ``skip``: the first ``skip`` matching calls go through untouched (to hit the 3rd UpdateService).
     """
 
     method: str
-    status: int
+    status: int = 0
     count: int = 1
     message: str = ""
     kind: str = "http"
+    skip: int = 0
+    pid: int = 0
+    when: str = "before"
+    hook: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -127,6 +140,9 @@ class Faults:
                 if rule.kind != kind:
                     continue
                 if rule.method == method or (rule.method.endswith("*") and method.startswith(rule.method[:-1])):
+                    if rule.skip > 0:
+                        rule.skip -= 1
+                        continue
                     rule.count -= 1
                     if rule.count <= 0:
                         self.rules.remove(rule)

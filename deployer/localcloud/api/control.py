@@ -3,7 +3,8 @@
 - ``GET  /_localcloud/health``            200 when serving
 - ``POST /_localcloud/reset``             forget everything (optional ``{"seed": N}``)
 - ``POST /_localcloud/seed``              build a whole world from a YAML or JSON document
-- ``GET|POST|DELETE /_localcloud/faults`` fault rules: ``{"method", "status", "count", "message", "kind"}``
+- ``GET|POST|DELETE /_localcloud/faults`` fault rules: ``{"method", "status", "count", "message", "kind",
+  "skip"}``; the test harness's ``{"kind": "kill", "pid", "when": "before"|"after"}`` (see ``world.FaultRule``)
 - ``POST /_localcloud/latency``           ``{"<method or prefix*>": seconds, ...}``
 - ``POST /_localcloud/operations``        operation durations: ``{"run": s, "compute": s, "<method>": s}``
 - ``GET|DELETE /_localcloud/requests``    the request log
@@ -63,20 +64,32 @@ async def faults(request: web.Request, world: World) -> web.StreamResponse:
         world.faults.rules.clear()
     elif request.method == "POST":
         body = await read_json_object(request)
+        kind = str(body.get("kind", "http"))
         try:
             rule = FaultRule(
                 method=str(body["method"]),
-                status=int(body["status"]),
+                status=int(body["status"]) if kind != "kill" else int(body.get("status", 0)),
                 count=int(body.get("count", 1)),
                 message=str(body.get("message", "")),
-                kind=str(body.get("kind", "http")),
+                kind=kind,
+                skip=int(body.get("skip", 0)),
+                pid=int(body.get("pid", 0)),
+                when=str(body.get("when", "before")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ApiError(400, f"fault needs method and status: {exc}") from exc
-        if rule.kind not in ("http", "operation"):
-            raise ApiError(400, "fault kind must be 'http' or 'operation'")
+        if rule.kind not in ("http", "operation", "kill"):
+            raise ApiError(400, "fault kind must be 'http', 'operation' or 'kill'")
+        if rule.kind == "kill" and (rule.pid <= 0 or rule.when not in ("before", "after")):
+            raise ApiError(400, "a kill fault needs pid (> 0) and when ('before' or 'after')")
         world.faults.add(rule)
-    return json_response({"faults": [dataclasses.asdict(r) for r in world.faults.rules]})
+    return json_response({"faults": [_shown(r) for r in world.faults.rules]})
+
+
+def _shown(rule: FaultRule) -> dict[str, Any]:
+    out = {f.name: getattr(rule, f.name) for f in dataclasses.fields(rule) if f.name != "hook"}
+    out["hook"] = rule.hook is not None
+    return out
 
 
 async def latency(request: web.Request, world: World) -> web.StreamResponse:
