@@ -19,6 +19,7 @@ The CLI prints ``error: <message>`` (and ``hint: <hint>``) and never a traceback
     │   ├── JournalError                      a journal that cannot be read or breaks its own rules
     │   ├── LockLostError                     our lease was taken or deleted while we held it
     │   └── LockHeldError             exit 4  another deploy holds the service lock
+    ├── PinnedError                   exit 4  an emergency rollback pinned the service (``deploy --unpin``)
     ├── DriftError                    exit 1  live state differs from what the last deploy left
     ├── FreezeError                   exit 1  a deploy inside a freeze window (config ``freeze:``)
     ├── RollbackIncompleteError       exit 3  a rollback could not put everything back
@@ -150,6 +151,13 @@ class LockLostError(StateError):
 
 
 class LockHeldError(StateError):
+    exit_code = 4
+
+
+class PinnedError(DeployerError):
+    """A deploy refused while an emergency rollback's pin holds (``orchestrator/pins.py``): someone is in
+    charge of this service, like a held lock. ``deploy --unpin`` or ``deployer unpin`` clears it."""
+
     exit_code = 4
 
 

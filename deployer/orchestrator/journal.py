@@ -6,7 +6,7 @@ append (the loser gets ``StaleStateError`` and must stop: it no longer owns the 
 
 Records, in the order a deploy writes them (schema: the pydantic classes below):
 
-- ``started``: deploy id, service, operation (deploy | rollback), config digest, the plan (secret
+- ``started``: deploy id, service, operation (deploy | rollback | unlock | unpin), config digest, the plan (secret
   env values masked) and its digest, the owner (user, host, pid, Cloud Build ``BUILD_ID``), reason.
 - ``phase``: the deploy entered a phase (preflight, infra, candidate, gate, traffic, finalize, rollback...).
 - ``pre_image``: BEFORE an effect, the resource exactly as read (``None`` = it did not exist) and its
@@ -51,7 +51,10 @@ from deployer.state import StateStore, check_key, dump_json, read_json
 JOURNAL_FORMAT: Literal[1] = 1
 DEPLOY_ID_RE = re.compile(r"d-\d{8}-\d{6}-[0-9a-f]{4}")
 
-Operation = Literal["deploy", "rollback"]
+# ``unlock`` / ``unpin``: a short journal of an operator's action (``deployer unlock --force``, ``deployer
+# unpin``): started, one decision, finished. It changes no cloud resource.
+Operation = Literal["deploy", "rollback", "unlock", "unpin"]
+ADMIN_OPERATIONS: tuple[str, ...] = ("unlock", "unpin")
 FinalStatus = Literal["succeeded", "rolled_back", "rollback_incomplete", "failed", "aborted"]
 FINAL_STATUSES: tuple[FinalStatus, ...] = ("succeeded", "rolled_back", "rollback_incomplete", "failed", "aborted")
 Outcome = Literal["unknown", "applied", "not_applied"]

@@ -9,6 +9,10 @@
   at the generation it last wrote: if anyone else wrote or deleted the lease, the heartbeat raises
   ``LockLostError`` and ``Lease.lost`` is set; the deploy checks it between steps and stops.
 - ``release`` deletes the lease at its generation.
+- A lease whose holder is *dead* counts as expired: ``holder_alive`` (psutil) can tell for a holder on
+  this host (its pid is gone, or now belongs to a process started after the lease was taken); on
+  another host it cannot, and only expiry counts. ``Lease.confirm`` re-reads the lease (one state read)
+  so a deploy can check it still holds the lock right before each mutating call, not only at heartbeats.
 
 Times come from an injected clock. Expiry is judged on the reader's clock against the holder's
 written ``expires_at``: keep the TTL well above any clock skew between machines.
@@ -78,11 +82,46 @@ class HolderJournal(StrEnum):
     FINISHED = "finished"
 
 
+def holder_journal_of(store: StateStore, info: LockInfo) -> HolderJournal:
+    """What the lease holder's journal says (``acquire(holder_journal=...)``'s usual argument)."""
+    from deployer.errors import DeployerError
+    from deployer.orchestrator.journal import load
+
+    try:
+        state = load(store, info.service, info.deploy_id)
+    except DeployerError:
+        return HolderJournal.MISSING
+    return HolderJournal.FINISHED if state.is_finished else HolderJournal.RUNNING
+
+
 class Takeover(StrEnum):
     FREE = "free"  # no lease: create it
     TAKE_OVER = "take_over"  # replace the lease at its generation
     HELD = "held"  # alive (not expired): refuse, exit 4
     RESUME_FIRST = "resume_first"  # expired, but its deploy may have left things half-changed
+
+
+def holder_alive(info: LockInfo, *, host: str | None = None) -> bool | None:
+    """Whether the lease holder's process still runs: ``None`` when this host cannot tell (another host).
+
+    A pid that exists but belongs to a process created after the lease was acquired is a reused pid:
+    the holder is dead."""
+    import socket
+
+    import psutil
+
+    if info.owner.host != (host or socket.gethostname()):
+        return None
+    try:
+        proc = psutil.Process(info.owner.pid)
+        created = proc.create_time()
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return None
+    return created <= info.acquired_at.timestamp() + 1.0  # create_time has ~10 ms resolution
 
 
 def may_take(
@@ -92,18 +131,20 @@ def may_take(
     deploy_id: str,
     holder_journal: HolderJournal | None,
     preempt: bool = False,
+    holder_dead: bool = False,
 ) -> Takeover:
     """Whether ``deploy_id`` may take the service lock (pure).
 
     ``holder_journal`` is the state of the holder's journal, ``None`` when the caller did not look
     (then an expired lease is never taken: its deploy may need resuming). ``preempt`` (the emergency
     rollback) takes any lease; the deploy it displaces notices at its next heartbeat and stops.
+    ``holder_dead``: the holder's process is known to be gone: its lease counts as expired.
     """
     if lease is None:
         return Takeover.FREE
     if preempt:
         return Takeover.TAKE_OVER
-    if not lease.expired(now):
+    if not lease.expired(now) and not holder_dead:
         return Takeover.HELD  # the holder is alive (or died less than a TTL ago), even if it is us
     if lease.deploy_id == deploy_id:
         return Takeover.TAKE_OVER  # resuming our own deploy after its process died
@@ -147,17 +188,29 @@ class ServiceLock:
         purpose: str = "deploy",
         holder_journal: Callable[[LockInfo], HolderJournal] | None = None,
         preempt: bool = False,
+        holder_dead: Callable[[LockInfo], bool] | None = None,
     ) -> Lease:
         """Take the lock for ``deploy_id`` or raise ``LockHeldError`` naming the holder.
 
-        ``holder_journal(lease)`` is asked only for an expired lease (read the holder's journal)."""
+        ``holder_journal(lease)`` is asked only for an expired (or dead) lease (read the holder's journal);
+        ``holder_dead(lease)`` only for a lease that has not expired (``holder_alive`` is the usual one)."""
         for _ in range(5):  # only a race with another taker loops
             current = self.read()
             now = self.clock()
             journal_state = None
-            if current is not None and current.expired(now) and holder_journal is not None:
+            dead = False
+            if current is not None and not current.expired(now) and holder_dead is not None and not preempt:
+                dead = holder_dead(current)
+            if current is not None and (current.expired(now) or dead) and holder_journal is not None:
                 journal_state = holder_journal(current)
-            verdict = may_take(current, now=now, deploy_id=deploy_id, holder_journal=journal_state, preempt=preempt)
+            verdict = may_take(
+                current,
+                now=now,
+                deploy_id=deploy_id,
+                holder_journal=journal_state,
+                preempt=preempt,
+                holder_dead=dead,
+            )
             if verdict is Takeover.HELD and current is not None:
                 raise LockHeldError(
                     f"{self.service} is locked by {current.describe(now)}",
@@ -167,8 +220,9 @@ class ServiceLock:
                 )
             if verdict is Takeover.RESUME_FIRST and current is not None:
                 known = "is not finished" if journal_state is HolderJournal.RUNNING else "was not checked"
+                gone = " (its process is gone)" if dead else ""
                 raise LockHeldError(
-                    f"{self.service} is locked by {current.describe(now)}, and that deploy's journal {known}: "
+                    f"{self.service} is locked by {current.describe(now)}{gone}, and that deploy's journal {known}: "
                     "it may have left resources half-changed",
                     hint=f"run `deployer resume -c CONFIG` to finish or roll back {current.deploy_id} first",
                     holder=current.model_dump(mode="json"),
@@ -272,6 +326,17 @@ class Lease:
             self._info = new.model_copy(update={"generation": generation})
             return self._info
 
+    def confirm(self) -> None:
+        """Re-read the lease (one state read) and raise ``LockLostError`` unless it is still ours, at the
+        generation we last wrote: what a deploy calls right before each mutating call."""
+        self.check()
+        lock = self._lock_ref
+        current = lock.read()
+        with self._mutex:
+            ours = current is not None and current.generation == self._info.generation and not self.released
+        if not ours:
+            raise self._lost("it was taken or removed")
+
     def check(self) -> None:
         """Raise ``LockLostError`` if a heartbeat found the lease gone (call between steps)."""
         if self.lost.is_set():
@@ -294,10 +359,13 @@ class Lease:
         _log.info("lock.released", service=lock.service, deploy_id=self._info.deploy_id)
 
     @contextlib.contextmanager
-    def keep_alive(self, every: timedelta = HEARTBEAT_EVERY) -> Iterator[Lease]:
-        """Heartbeat in a daemon thread while the block runs. A lost lease sets ``lost`` and stops
-        the thread; a store error is logged and retried at the next beat (if it lasts past the TTL,
-        someone may take the lease and the next beat finds it lost)."""
+    def keep_alive(
+        self, every: timedelta = HEARTBEAT_EVERY, *, on_lost: Callable[[], None] | None = None
+    ) -> Iterator[Lease]:
+        """Heartbeat in a daemon thread while the block runs. A lost lease sets ``lost``, calls
+        ``on_lost`` (e.g. interrupt a bake or a gate) and stops the thread; a store error is logged and
+        retried at the next beat (if it lasts past the TTL, someone may take the lease and the next beat
+        finds it lost)."""
         stop = threading.Event()
 
         def beat() -> None:
@@ -305,6 +373,8 @@ class Lease:
                 try:
                     self.heartbeat()
                 except LockLostError:
+                    if on_lost is not None:
+                        on_lost()
                     return
                 except StateError as exc:
                     _log.warning("lock.heartbeat_failed", service=self._lock_ref.service, error=str(exc))
