@@ -141,6 +141,7 @@ def run_deploy(
     override_freeze: bool = False,
     reason: str | None = None,
     clock: Callable[[], datetime] | None = None,
+    unpin: bool = False,
 ) -> int:
     from deployer import logs
     from deployer.orchestrator.deploy import DeployOptions, deploy
@@ -148,7 +149,8 @@ def run_deploy(
     from deployer.orchestrator.scheduled import before_deploy, freeze_override
 
     stream = stream or sys.stdout
-    override = freeze_override(override_freeze, reason)
+    # --reason explains a freeze override, or (with --unpin alone) why the pin is cleared
+    override = freeze_override(override_freeze, reason if override_freeze or not unpin else None)
     config = load_config(path)
     interactive = stream.isatty() and sys.stdin.isatty()
     logs.configure(json=not stream.isatty(), level="warning" if stream.isatty() else "info")
@@ -185,7 +187,14 @@ def run_deploy(
     if stream.isatty() and not json_out:
         reporter = LiveReporter(_console(stream), f"deploy {config.service.name} ({config.project}/{config.region})")
     options = DeployOptions(
-        plan_file=plan_file, plan=plan, reporter=reporter, handle_signals=True, freeze_override=override, clock=now
+        plan_file=plan_file,
+        plan=plan,
+        reporter=reporter,
+        handle_signals=True,
+        freeze_override=override,
+        clock=now,
+        unpin=unpin,
+        unpin_reason=reason,
     )
     try:
         result = deploy(config, options)

@@ -52,7 +52,9 @@ from deployer.errors import (
     DeployerError,
     DriftError,
     GateError,
+    LockHeldError,
     LockLostError,
+    PinnedError,
     PreflightError,
     StaleStateError,
     UsageError,
@@ -67,13 +69,14 @@ from deployer.model import DesiredState, Observed
 from deployer.orchestrator import gates, traffic
 from deployer.orchestrator.freeze import OVERRIDE_FREEZE, ActiveFreeze, FreezeOverride, check_freeze, frozen_message
 from deployer.orchestrator.journal import (
+    ADMIN_OPERATIONS,
     Journal,
     list_deploys,
     load,
     new_deploy_id,
     what_to_undo,
 )
-from deployer.orchestrator.lock import HEARTBEAT_EVERY, LOCK_TTL, HolderJournal, LockInfo, ServiceLock
+from deployer.orchestrator.lock import HEARTBEAT_EVERY, LOCK_TTL, HolderJournal, LockInfo, ServiceLock, holder_alive
 from deployer.orchestrator.owner import Owner
 from deployer.orchestrator.phases import Result, Shape, Status, Step, StepKind, next_step
 from deployer.orchestrator.report import DeployResult, NullReporter, Reporter
@@ -151,6 +154,8 @@ class DeployOptions:
     gate_env: Mapping[str, str] | None = None
     previous_tag: str = PREVIOUS_TAG
     freeze_override: FreezeOverride | None = None  # deploy inside a freeze window anyway (journaled)
+    unpin: bool = False  # clear an emergency rollback's pin first (journaled) instead of refusing (issue 7)
+    unpin_reason: str | None = None
 
 
 def deploy(config: DeployConfig, options: DeployOptions | None = None) -> DeployResult:
@@ -251,16 +256,59 @@ class Deployment:
         structlog.contextvars.bind_contextvars(deploy_id=deploy_id, service=self.key)
         try:
             lease = await asyncio.to_thread(
-                lock.acquire, deploy_id, owner, holder_journal=lambda info: _holder_journal(store, info)
+                lock.acquire,
+                deploy_id,
+                owner,
+                holder_journal=lambda info: _holder_journal(store, info),
+                holder_dead=lambda info: holder_alive(info) is False,
             )
+            self._lease = lease
             try:
-                with lease.keep_alive(options.heartbeat):
+                # Preempted (an emergency rollback took the lock): stop waiting at once, roll nothing back.
+                with lease.keep_alive(options.heartbeat, on_lost=lambda: self.abort("this deploy lost its lock")):
+                    await asyncio.to_thread(self._before_acting, store, deploy_id, owner)
                     return await self._locked(store, deploy_id, owner, lease)
             finally:
                 with contextlib.suppress(LockLostError):
                     lease.release()
         finally:
             structlog.contextvars.unbind_contextvars("deploy_id", "service", "phase")
+
+    def _before_acting(self, store: StateStore, deploy_id: str, owner: Owner) -> None:
+        """Under the lock, before anything is read (issue 7): an operation whose process died must be
+        resumed first; an emergency rollback's pin refuses the deploy unless ``--unpin`` (journaled)."""
+        from deployer.orchestrator.pins import active_pin, clear_journaled
+        from deployer.orchestrator.resume import newest_operation
+
+        state = newest_operation(store, self.key)
+        if state is not None and state.deploy_id != deploy_id and not state.is_finished:
+            who = state.started.owner.describe()
+            raise LockHeldError(
+                f"{self.key}: {state.started.operation} {state.deploy_id} by {who} never finished "
+                "(its process died): "
+                "it may have left resources half-changed",
+                hint=f"run `deployer resume -c {self.config.source.file}` to finish or roll it back first",
+                holder=state.started.owner.model_dump(mode="json"),
+            )
+        pin = active_pin(store, self.key, self.options.clock())
+        if pin is None:
+            return
+        if not self.options.unpin:
+            raise PinnedError(
+                f"{self.key} is {pin.describe(self.options.clock())}; deploying now would move traffic off it",
+                hint="deploy with --unpin (journaled), or `deployer unpin -c CONFIG --reason ...` first",
+                pin=pin.model_dump(mode="json"),
+            )
+        reason = self.options.unpin_reason or f"deploy {deploy_id} --unpin"
+        cleared = clear_journaled(store, pin, reason=reason, owner=owner, clock=self.options.clock, by_deploy=deploy_id)
+        self.log.warning("deploy.unpinned", revision=pin.revision, pinned_by=pin.owner.describe(), journal=cleared)
+        self.options.reporter.note(f"unpinned {pin.revision} (pinned by {pin.owner.describe()}: {pin.reason})")
+
+    def _confirm_lease(self) -> None:
+        """Right before a mutating call: still ours? (``LockLostError`` when an emergency rollback took it)."""
+        lease = getattr(self, "_lease", None)
+        if lease is not None:
+            lease.confirm()
 
     async def _locked(self, store: StateStore, deploy_id: str, owner: Owner, lease: Any) -> DeployResult:
         config, options = self.config, self.options
@@ -429,6 +477,9 @@ class Deployment:
         results: list[Result] = []
         preempted: str | None = None
         while True:
+            if not lease.lost.is_set() and preempted is None:
+                with contextlib.suppress(LockLostError, StaleStateError):
+                    await asyncio.to_thread(lease.confirm)  # a state read: did a rollback take the lock?
             if lease.lost.is_set():
                 preempted = "this deploy lost its lock (an emergency rollback or unlock --force took it)"
             step = next_step(
@@ -570,6 +621,7 @@ class Deployment:
             request_id=request_id,
         ) as handle:
             run.memory[handle.effect] = copy.deepcopy(live)
+            await asyncio.to_thread(self._confirm_lease)
             fn = self.compute.patch_backend_service if verb == "patch" else self.compute.update_backend_service
             op = await asyncio.to_thread(fn, name, body, fingerprint=fingerprint, request_id=request_id)
             await self._wait_compute(op, stop)
@@ -599,6 +651,7 @@ class Deployment:
                 intended=body,
             ) as handle:
                 run.memory[handle.effect] = copy.deepcopy(before) if before is not None else None
+                await asyncio.to_thread(self._confirm_lease)
                 if verb == "add":
                     assert body is not None
                     op = await asyncio.to_thread(self.compute.add_rule, policy, body)
@@ -642,6 +695,7 @@ class Deployment:
             intended=intended,
         ) as handle:
             run.memory[handle.effect] = before
+            await asyncio.to_thread(self._confirm_lease)
             op = await asyncio.to_thread(
                 self.run_api.update_service, {**body, "name": self.desired.service_name}, etag=etag
             )
@@ -776,7 +830,14 @@ class Deployment:
             self._abort_event.clear()
         run.journal.decision("rollback", step.reason or "a step failed")
         self.log.warning("deploy.rollback", phase="rollback", why=step.reason)
-        restorer = Restorer(self.run_api, self.compute, run.journal, memory=run.memory, known_etag=run.etag)
+        restorer = Restorer(
+            self.run_api,
+            self.compute,
+            run.journal,
+            memory=run.memory,
+            known_etag=run.etag,
+            known_service=run.service,
+        )
         report = await asyncio.to_thread(restorer.restore_all)
         run.restored = [i.to_json() for i in report.items]
         run.pins = report.pins
@@ -920,8 +981,8 @@ def last_deploy(store: StateStore, key: str, service: JSON | None) -> tuple[traf
             state = load(store, key, deploy_id)
         except DeployerError:
             continue
-        if state.finished is None:
-            continue
+        if state.finished is None or state.started.operation in ADMIN_OPERATIONS:
+            continue  # unpin / unlock journals change no resource
         detail = state.finished.detail
         owned = [int(p) for p in detail.get("owned_armor_priorities") or []]
         if (

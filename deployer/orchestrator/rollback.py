@@ -217,12 +217,15 @@ class Restorer:
         *,
         memory: Mapping[str, Mapping[str, Any] | None] | None = None,
         known_etag: str | None = None,
+        known_service: Mapping[str, Any] | None = None,
     ) -> None:
         self.run = run
         self.compute = compute
         self.journal = journal
         self.memory = dict(memory or {})
         self.known_etag = known_etag
+        # The service as this deploy last left it (in-process only): tells someone else's fields apart.
+        self.known_service = dict(known_service) if known_service is not None else None
 
     def restore_all(self, state: JournalState | None = None) -> RollbackReport:
         report = RollbackReport()
@@ -281,7 +284,12 @@ class Restorer:
         if current is None:
             return Restored(RUN_SERVICE, rid, "failed", "the service no longer exists", hint=self._hint(target, pre))
         expected = self.known_etag or target.expected_precondition
+        theirs: JSON = {}
         if expected and current.get("etag") != expected and not target.outcome_unknown:
+            kept = self._theirs(target, current, pre)
+            if kept is not None:  # someone changed only fields this deploy does not own: keep them
+                theirs = kept
+        if expected and current.get("etag") != expected and not target.outcome_unknown and not theirs:
             return Restored(
                 RUN_SERVICE,
                 rid,
@@ -298,6 +306,7 @@ class Restorer:
             pre = fill_masked(pre, target.masked_paths, revision)
         want = traffic.effective(pre)
         body, pinned = service_restore_body(pre)
+        body.update(theirs)
         op = self.run.update_service({**body, "name": rid}, etag=str(current.get("etag")))
         result = self.run.wait(op)
         self.known_etag = result.get("etag")
@@ -313,7 +322,61 @@ class Restorer:
         note = f"traffic back to {_show(want)}"
         if pinned:
             note += f" (LATEST pinned to {pinned})"
+        if theirs:
+            note += f"; someone else's change to {', '.join(sorted(theirs))} kept"
         return Restored(RUN_SERVICE, rid, "done", note, pinned=pinned)
+
+    def _theirs(self, target: RestoreTarget, current: Mapping[str, Any], pre: Mapping[str, Any]) -> JSON | None:
+        """When the service's etag moved under the deploy: the fields someone else changed, to keep in the
+        restore — or ``None`` (leave the service alone) when they touched what the deploy owns: the traffic,
+        the template, the ``deployer.dev/`` annotations (compared with what its last applied update
+        intended). Without the service as the deploy left it (a resume), labels, description and other
+        annotations are taken as theirs."""
+        state = self.journal.state
+        applied = [state.effects[e] for e in target.effects if state.effects[e].outcome == "applied"]
+        if not applied:
+            return None
+        last = max(applied, key=lambda e: e.started_seq or 0)
+        intended = last.intended or {}
+        if "traffic" in intended and traffic.norm_spec(current.get("traffic") or []) != traffic.norm_spec(
+            intended.get("traffic") or []
+        ):
+            return None
+        revision = intended.get("template.revision")
+        if revision and traffic.short((current.get("template") or {}).get("revision")) != traffic.short(revision):
+            return None
+        annotations = current.get("annotations") or {}
+        if any(annotations.get(k) != v for k, v in (intended.get("annotations") or {}).items()):
+            return None
+        known = self.known_service
+        out: JSON = {}
+        if known is None:
+            for key in ("labels", "description"):
+                if current.get(key) != pre.get(key) and key in current:
+                    out[key] = copy.deepcopy(current[key])
+            ours = {k: v for k, v in (pre.get("annotations") or {}).items() if k.startswith("deployer.dev/")}
+            others = {k: v for k, v in annotations.items() if not k.startswith("deployer.dev/")}
+            if others != {k: v for k, v in (pre.get("annotations") or {}).items() if not k.startswith("deployer.dev/")}:
+                out["annotations"] = {**others, **ours}
+            return out or None
+        for key in sorted(set(current) | set(known)):
+            if key in _SERVICE_STATUS or current.get(key) == known.get(key):
+                continue
+            if key in ("traffic", "template"):
+                return None
+            if key in ("labels", "annotations"):
+                merged = dict(pre.get(key) or {})
+                now, left = current.get(key) or {}, known.get(key) or {}
+                for k in set(now) | set(left):
+                    if now.get(k) != left.get(k):
+                        if k in now:
+                            merged[k] = now[k]
+                        else:
+                            merged.pop(k, None)
+                out[key] = merged
+            else:
+                out[key] = copy.deepcopy(current.get(key))
+        return out or None
 
     def _backend(self, target: RestoreTarget) -> Restored:
         rid = target.resource_id

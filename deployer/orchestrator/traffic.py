@@ -202,6 +202,16 @@ def restore(pre_image: Mapping[str, Any]) -> Restore:
     return Restore(traffic, pinned)
 
 
+def norm_spec(entries: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, int, str]]:
+    """A traffic *spec* as comparable values: (LATEST | REVISION, short revision, percent, tag), sorted
+    (the API renders enums by name or number and leaves zero values out)."""
+    out = []
+    for e in entries:
+        kind = "LATEST" if _is_latest(e) else "REVISION"
+        out.append((kind, short(e.get("revision")), int(e.get("percent") or 0), str(e.get("tag") or "")))
+    return sorted(out)
+
+
 def same_effective(a: Sequence[Served], b: Sequence[Served]) -> bool:
     """Equal effective traffic: the same (revision, percent, tag) statuses, in any order."""
     return sorted(a) == sorted(b)

@@ -240,7 +240,16 @@ def test_a_foreign_change_during_the_deploy_is_never_overwritten(cloud, clients,
     services = clients.services()
 
     async def someone_else_edits(_seconds: float) -> None:
+        # someone tags a revision by hand: traffic is what the deploy owns, so it must not be overwritten
         svc = services.get_service(name=SERVICE_NAME)
+        old = before["traffic"][0].revision
+        svc.traffic.append(
+            run_v2.TrafficTarget(
+                type_=run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION,
+                revision=old,
+                tag="hotfix",
+            )
+        )
         svc.labels["owner"] = "someone-else"
         await asyncio.to_thread(lambda: services.update_service(service=svc).result())
 
@@ -249,9 +258,33 @@ def test_a_foreign_change_during_the_deploy_is_never_overwritten(cloud, clients,
     assert "409" in str(result.why) or "conflict" in str(result.why)
     now = snapshot(clients)
     assert now["labels"]["owner"] == "someone-else"  # not overwritten
+    assert "hotfix" in {s.tag for s in now["traffic"]}
     assert now["backend_service"] == before["backend_service"] and now["rules"] == before["rules"]
     assert any("changed by someone else" in line for line in result.remaining)
     assert any(h.startswith("gcloud run services update-traffic chat-backend") for h in result.hints)
+
+
+def test_a_foreign_label_change_during_the_deploy_is_kept_and_the_deploy_rolls_back(cloud, clients, data):
+    """Someone else's write that leaves traffic, template and deployer's annotations alone (a label) moves
+    the etag: the next step gets 409 and the deploy rolls back what it owns, keeping their label."""
+    data["rollout"]["bake_seconds"] = 1
+    before = snapshot(clients)
+    services = clients.services()
+
+    async def someone_else_labels(_seconds: float) -> None:
+        svc = services.get_service(name=SERVICE_NAME)
+        svc.labels["owner"] = "someone-else"
+        await asyncio.to_thread(lambda: services.update_service(service=svc).result())
+
+    result = deploy(make_config(data), options(sleep=someone_else_labels))
+    assert (result.status, result.exit_code) == ("rolled_back", 1), result.why
+    assert "409" in str(result.why) or "conflict" in str(result.why)
+    now = snapshot(clients)
+    assert now["labels"]["owner"] == "someone-else"  # kept
+    assert now["traffic"] == before["traffic"]
+    assert now["backend_service"] == before["backend_service"] and now["rules"] == before["rules"]
+    service_item = next(r for r in result.restored if r["kind"] == "run.service")
+    assert "someone else's change to labels kept" in service_item["detail"]
 
 
 def test_an_interrupt_rolls_back(cloud, clients, data):

@@ -1,0 +1,1061 @@
+"""``deployer rollback``: the emergency rollback — traffic back to the last good revision, now.
+
+    lock (preempting a deploy in flight) ∥ GetService → journal ``rollback`` → [--infra: backend service
+    and owned Cloud Armor rules back to the last deploy's pre-images] → ONE UpdateService (etag) → wait
+    → pin → the displaced deploy's journal closed → [--verify: the gate] → finished → lock released
+
+Fast by design: no preflight, no plan, no gate unless ``--verify``; the only calls are one GetService,
+one UpdateService and one operation wait (plus one GetRevision when the target's template must come
+from the revision, and the Compute calls of ``--infra``). ``google.cloud.compute_v1`` is imported only
+with ``--infra``. The GetService runs while the lock and the journal are written (a stale read only
+costs a retry: the UpdateService carries the etag it read, gcp-facts §4.2).
+
+**Which revision** (``choose_target``, pure), first that applies:
+
+1. ``--to REVISION``.
+2. The journal: the newest journal that still has an effect on the service. A deploy that is running,
+   aborted, incomplete or succeeded → the revision that served before it (its service pre-image; when
+   that pre-image served one revision, its traffic is written back exactly, tags included). A deploy
+   that failed or rolled back left nothing: look further back. An earlier emergency rollback → the same
+   revision again (running ``rollback`` twice never walks further back; ``--to`` does).
+3. The service's ``deployer.dev/previous-revision`` annotation (written by the deploy's finalize).
+4. The previous serving revision: the revision tagged ``previous``, else the newest Ready revision
+   created before the one serving now.
+
+**What is written**: 100 % to the target; tags kept at 0 % (the journal case: the pre-image's tags);
+the template of the target revision (the pre-image's template, or the one the revision was made from),
+so the next ``deploy`` of the bad release makes a new candidate instead of finding "nothing to change";
+``deployer.dev/deploy-id`` = this rollback and ``deployer.dev/last-good-revision`` = the target (the
+drift check then agrees with what serves). Labels and other annotations stay as they are now.
+
+**Preemption**: a lease held by a deploy is taken (``lock.may_take(preempt=True)``); the deploy finds
+its lease gone at its next check (before each mutating call, at each step, at each heartbeat), stops
+without rolling anything back and finishes ``aborted``. A lease held by a live rollback, resume or
+unpin is not taken (exit 4). When the displaced deploy is dead (or had no lease), this rollback closes
+its journal: decision ``superseded``, finished ``aborted``, with what remains changed.
+
+**--infra** is all or nothing: the infrastructure is restored FIRST (backend service ∥ the chain of
+rule writes), then traffic; if any of it fails for good, what this rollback already changed is put back
+from its own journal (``rollback.Restorer``) and it ends ``failed``: exit 1, nothing changed. Without
+``--infra`` the infrastructure is left as the deploy made it (journaled as remaining).
+
+Exit codes: 0 traffic moved (and infra restored, pinned, verified when asked); 1 nothing was changed
+(refused, or it failed and undid its own changes); 3 incomplete (something changed and could not be
+finished or undone, or ``--verify`` did not pass); 2 usage; 4 a live rollback/resume holds the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from deployer.config import DeployConfig
+from deployer.errors import CloudError, ConflictError, DeployerError, LockHeldError, StaleStateError
+from deployer.gcp import retry
+from deployer.gcp.clients import Clients
+from deployer.gcp.cloudrun import CloudRun
+from deployer.orchestrator import traffic
+from deployer.orchestrator.journal import (
+    ADMIN_OPERATIONS,
+    FinalStatus,
+    Journal,
+    JournalState,
+    RestoreTarget,
+    new_deploy_id,
+    restore_targets,
+    what_to_undo,
+)
+from deployer.orchestrator.lock import LOCK_TTL, LockInfo, ServiceLock, holder_alive
+from deployer.orchestrator.owner import Owner
+from deployer.orchestrator.pins import DEFAULT_PIN_TTL, Pin, new_pin, write_pin
+from deployer.plan import (
+    ANNOTATION_DEPLOY_ID,
+    ANNOTATION_LAST_GOOD,
+    ANNOTATION_PREVIOUS,
+    ARMOR_RULE,
+    BACKEND_SERVICE,
+    RUN_SERVICE,
+    Action,
+)
+from deployer.state import StateStore, open_store
+
+JSON = dict[str, Any]
+
+ROLLBACK = "rollback"  # the decision that records the target
+SUPERSEDED = "superseded"  # the decision written into a displaced deploy's journal
+PREVIOUS_TAG = "previous"
+CONFLICT_RETRIES = 3  # a foreign write between our read and our write: read again, at most this often
+OP_WAIT_S = 600.0  # one operations.wait call answers when the operation is done or after this
+
+_log = structlog.get_logger("deployer.rollback")
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# ---- choosing the target (pure) ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where traffic goes, why there, and what to restore from."""
+
+    revision: str | None  # None: no revision to move to (nothing serves, or nothing was found)
+    source: str  # "--to" | "journal" | "annotations" | "previous tag" | "previous revision" | "none"
+    journal_id: str | None = None  # the deploy (or earlier rollback) this undoes
+    pre_image: JSON | None = None  # the service before that deploy (journal source only)
+    masked_paths: tuple[str, ...] = ()
+    why: str = ""
+
+    @property
+    def needs_revision_template(self) -> bool:
+        """The template to write comes from the target revision (no pre-image holds it)."""
+        return self.revision is not None and self.pre_image is None
+
+
+def _service_pre_image(state: JournalState) -> tuple[JSON | None, tuple[str, ...]]:
+    """The pre-image of the first Cloud Run service effect that may have landed (what to go back to)."""
+    for e in state.effects.values():  # in pre-image order
+        if e.kind == RUN_SERVICE and e.started and e.outcome != "not_applied":
+            return (copy.deepcopy(e.pre_image) if e.pre_image is not None else None), e.masked_paths
+    return None, ()
+
+
+def _rollback_target(state: JournalState) -> str | None:
+    for d in reversed(state.decisions):
+        if d.decision == ROLLBACK and d.detail.get("to_revision"):
+            return str(d.detail["to_revision"])
+    return None
+
+
+def choose_target(
+    service: Mapping[str, Any],
+    journals: Sequence[JournalState],
+    *,
+    to_revision: str | None = None,
+    revisions: Sequence[Mapping[str, Any]] | None = None,
+) -> Target:
+    """The rollback target (module docstring): ``journals`` newest first, ``revisions`` only needed
+    for the last fallback (``None``: not read yet — the caller reads them when ``source`` says so)."""
+    if to_revision:
+        return Target(traffic.short(to_revision), "--to", why="named with --to")
+    for state in journals:
+        op = state.started.operation
+        if op in ADMIN_OPERATIONS:
+            continue
+        if op == "rollback":
+            if state.status in ("failed",):
+                continue  # it changed nothing
+            again = _rollback_target(state)
+            if again:
+                return Target(
+                    again, "journal", journal_id=state.deploy_id, why=f"where rollback {state.deploy_id} moved it"
+                )
+            continue
+        if state.status in ("failed", "rolled_back"):
+            continue  # it left everything as it found it
+        pre, masked = _service_pre_image(state)
+        if pre is None:
+            if state.effects:  # an infra-only deploy: traffic stays where it is
+                current = traffic.main_revision(traffic.effective(service))
+                return Target(
+                    current,
+                    "journal",
+                    journal_id=state.deploy_id,
+                    why=f"deploy {state.deploy_id} did not change the service; it keeps serving",
+                )
+            continue
+        main = traffic.main_revision(traffic.effective(pre))
+        return Target(
+            main,
+            "journal",
+            journal_id=state.deploy_id,
+            pre_image=pre,
+            masked_paths=masked,
+            why=f"served before deploy {state.deploy_id}",
+        )
+    serving = traffic.main_revision(traffic.effective(service))
+    annotations = service.get("annotations") or {}
+    previous = annotations.get(ANNOTATION_PREVIOUS)
+    if previous and traffic.short(previous) != serving:
+        return Target(traffic.short(previous), "annotations", why=f"the service's {ANNOTATION_PREVIOUS}")
+    tagged = traffic.tags(traffic.effective(service)).get(PREVIOUS_TAG)
+    if tagged and tagged != serving:
+        return Target(tagged, "previous tag", why=f"the revision tagged {PREVIOUS_TAG!r}")
+    if revisions is None:
+        return Target(None, "previous revision", why="needs the service's revisions")
+    return _previous_revision(serving, revisions)
+
+
+def _ready(condition: Mapping[str, Any]) -> bool:
+    return condition.get("type") == "Ready" and str(condition.get("state", "")).endswith("SUCCEEDED")
+
+
+def _previous_revision(serving: str | None, revisions: Sequence[Mapping[str, Any]]) -> Target:
+    by_name = {traffic.short(r.get("name")): r for r in revisions}
+    now = by_name.get(serving or "")
+    cutoff = str((now or {}).get("createTime") or "~")
+    ready = [
+        r
+        for r in revisions
+        if traffic.short(r.get("name")) != serving
+        and str(r.get("createTime") or "") < cutoff
+        and any(
+            c.get("type") == "Ready" and str(c.get("state", "")).endswith("SUCCEEDED")
+            for c in r.get("conditions") or []
+        )
+    ]
+    if not ready:
+        return Target(None, "none", why=f"no Ready revision older than {serving or 'the serving one'}")
+    best = max(ready, key=lambda r: str(r.get("createTime") or ""))
+    return Target(traffic.short(best.get("name")), "previous revision", why="the newest Ready revision before it")
+
+
+# ---- what is written (pure) ----------------------------------------------------------------------------
+
+# RevisionTemplate fields a Revision carries under the same name (run_v2 revision.proto / revision_template.proto).
+_TEMPLATE_FIELDS = (
+    "labels",
+    "annotations",
+    "scaling",
+    "vpcAccess",
+    "timeout",
+    "serviceAccount",
+    "containers",
+    "volumes",
+    "executionEnvironment",
+    "encryptionKey",
+    "maxInstanceRequestConcurrency",
+    "serviceMesh",
+    "encryptionKeyRevocationAction",
+    "encryptionKeyShutdownDuration",
+    "sessionAffinity",
+    "nodeSelector",
+    "gpuZonalRedundancyDisabled",
+)
+# gcp-facts §4.5: v2 rejects labels/annotations in these namespaces; a revision may carry system ones.
+_SYSTEM_PREFIXES = ("run.googleapis.com/", "cloud.googleapis.com/", "serving.knative.dev/", "autoscaling.knative.dev/")
+
+
+def template_from_revision(revision: Mapping[str, Any]) -> JSON:
+    """The template that made ``revision`` (its own name kept, so no new revision is created).
+
+    Doubt: Google does not document re-sending a revision's own template under its name; Knative treats
+    it as that revision (rollback.py says the same), and a different configuration is a 409 (§4.5)."""
+    template: JSON = {k: copy.deepcopy(revision[k]) for k in _TEMPLATE_FIELDS if k in revision}
+    for key in ("labels", "annotations"):
+        if key in template:
+            template[key] = {k: v for k, v in template[key].items() if not k.startswith(_SYSTEM_PREFIXES)}
+            if not template[key]:
+                del template[key]
+    template["revision"] = traffic.short(revision.get("name"))
+    return template
+
+
+def rollback_traffic(base: Sequence[Mapping[str, Any]], latest_ready: str, target: str) -> list[JSON]:
+    """``base`` (the pre-image's traffic, or the live one) with LATEST pinned, 100 % on ``target`` and
+    every tag kept at 0 %. When ``base`` already sends everything to ``target`` it is written exactly."""
+    pinned, _ = traffic.pin_latest(base, latest_ready) if base else ([], None)
+    served = {traffic.short(e.get("revision")): 0 for e in pinned}
+    for e in pinned:
+        served[traffic.short(e.get("revision"))] += int(e.get("percent") or 0)
+    if {r: p for r, p in served.items() if p} == {target: 100}:
+        return [dict(e) for e in pinned]
+    out = [traffic.target(target, 100)]
+    for e in pinned:
+        if e.get("tag"):
+            out.append(traffic.target(traffic.short(e.get("revision")), 0, str(e["tag"])))
+    return out
+
+
+norm_traffic = traffic.norm_spec
+
+
+def already_moved(
+    current: Mapping[str, Any], new_traffic: Sequence[Mapping[str, Any]], template: Mapping[str, Any], rid: str
+) -> bool:
+    """The service already holds this rollback's update (a resumed rollback whose update landed)."""
+    annotations = current.get("annotations") or {}
+    return (
+        not current.get("reconciling")
+        and annotations.get(ANNOTATION_DEPLOY_ID) == rid
+        and traffic.short((current.get("template") or {}).get("revision")) == traffic.short(template.get("revision"))
+        and norm_traffic(current.get("traffic") or []) == norm_traffic(new_traffic)
+        and traffic.same_effective(traffic.effective(current), want_of(new_traffic))
+    )
+
+
+def want_of(traffic_list: Sequence[Mapping[str, Any]]) -> list[traffic.Served]:
+    """The effective traffic a REVISION-only traffic list leads to."""
+    return [
+        traffic.Served(traffic.short(e.get("revision")), int(e.get("percent") or 0), str(e.get("tag") or ""))
+        for e in traffic_list
+        if int(e.get("percent") or 0) or e.get("tag")
+    ]
+
+
+# Service fields the API computes (rollback.py's list): never written back.
+_STATUS_FIELDS = frozenset(
+    {
+        "uid",
+        "generation",
+        "createTime",
+        "updateTime",
+        "deleteTime",
+        "expireTime",
+        "creator",
+        "lastModifier",
+        "observedGeneration",
+        "terminalCondition",
+        "conditions",
+        "latestReadyRevision",
+        "latestCreatedRevision",
+        "trafficStatuses",
+        "uri",
+        "urls",
+        "reconciling",
+        "etag",
+        "satisfiesPzs",
+    }
+)
+
+
+def rollback_body(
+    live: Mapping[str, Any], target: Target, *, template: Mapping[str, Any], rollback_id: str
+) -> tuple[JSON, list[JSON]]:
+    """The UpdateService body and the traffic it writes (see the module docstring)."""
+    assert target.revision is not None
+    if target.pre_image is not None:
+        pre = target.pre_image
+        body = {k: copy.deepcopy(v) for k, v in pre.items() if k not in _STATUS_FIELDS}
+        base = pre.get("traffic") or []
+        latest = traffic.short(pre.get("latestReadyRevision"))
+    else:
+        body = {k: copy.deepcopy(v) for k, v in live.items() if k not in _STATUS_FIELDS}
+        base = live.get("traffic") or []
+        latest = traffic.short(live.get("latestReadyRevision"))
+    new_traffic = rollback_traffic(base, latest, target.revision)
+    annotations = {k: v for k, v in (live.get("annotations") or {}).items() if not k.startswith("deployer.dev/")}
+    annotations[ANNOTATION_DEPLOY_ID] = rollback_id
+    annotations[ANNOTATION_LAST_GOOD] = target.revision
+    body["annotations"] = annotations
+    if "labels" in live or "labels" in body:
+        body["labels"] = copy.deepcopy(live.get("labels") or {})
+    body["template"] = copy.deepcopy(dict(template))
+    body["traffic"] = new_traffic
+    return body, new_traffic
+
+
+# ---- the command ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class RollbackOptions:
+    reason: str
+    to_revision: str | None = None
+    infra: bool = False
+    verify: bool = False
+    pin_for: timedelta = DEFAULT_PIN_TTL
+    clock: Callable[[], datetime] = _utcnow
+    owner: Owner | None = None
+    policy: retry.RetryPolicy = retry.DEFAULT_POLICY
+    read_policy: retry.RetryPolicy = retry.READ_POLICY
+    lock_ttl: timedelta = LOCK_TTL
+    state_base: Path | None = None
+    gate_env: Mapping[str, str] | None = None
+
+
+@dataclass
+class RollbackResult:
+    service: str
+    status: str  # succeeded | failed | rollback_incomplete
+    exit_code: int
+    rollback_id: str | None = None
+    revision: str | None = None
+    source: str | None = None
+    why: str | None = None
+    traffic_before: list[JSON] = field(default_factory=list)
+    traffic_after: list[JSON] = field(default_factory=list)
+    preempted: str | None = None
+    superseded: list[str] = field(default_factory=list)
+    pin: Pin | None = None
+    restored: list[JSON] = field(default_factory=list)
+    remaining: list[str] = field(default_factory=list)
+    hints: list[str] = field(default_factory=list)
+    verdict: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    journal: str | None = None
+
+    def to_json(self) -> JSON:
+        return {
+            "service": self.service,
+            "operation": "rollback",
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "rollback_id": self.rollback_id,
+            "to_revision": self.revision,
+            "source": self.source,
+            "why": self.why,
+            "traffic_before": self.traffic_before,
+            "traffic_after": self.traffic_after,
+            "preempted": self.preempted,
+            "superseded": self.superseded,
+            "pin": self.pin.model_dump(mode="json") if self.pin else None,
+            "restored": self.restored,
+            "remaining": self.remaining,
+            "hints": self.hints,
+            "verify": self.verdict,
+            "timings": self.timings,
+            "journal": self.journal,
+        }
+
+
+class RollbackFailed(Exception):
+    """A step failed for good; ``changed``: something may have been changed by this rollback."""
+
+    def __init__(self, why: str, *, changed: bool) -> None:
+        super().__init__(why)
+        self.why = why
+        self.changed = changed
+
+
+def rollback(config: DeployConfig, options: RollbackOptions) -> RollbackResult:
+    """``deployer rollback`` (sync). Refusals before anything changed raise ``DeployerError``."""
+    return EmergencyRollback(config, options).run()
+
+
+class EmergencyRollback:
+    def __init__(self, config: DeployConfig, options: RollbackOptions) -> None:
+        from deployer.orchestrator.deploy import state_key  # light: deploy.py imports nothing heavy at top
+
+        self.config = config
+        self.options = options
+        self.clients = Clients(endpoint=config.endpoint, project=config.project)
+        self.run_api = CloudRun(self.clients, policy=options.policy, read_policy=options.read_policy)
+        self._compute: Any = None
+        self.key = state_key(config)
+        self.name = config.service_path
+        self.timings: dict[str, float] = {}
+        self._t0 = time.monotonic()
+        self.log: Any = _log.bind(service=self.key)
+
+    @property
+    def compute(self) -> Any:
+        if self._compute is None:  # google.cloud.compute_v1 (over 1 s) only when infra is touched
+            from deployer.gcp.compute import Compute
+
+            self._compute = Compute(
+                self.clients, self.config.project, policy=self.options.policy, read_policy=self.options.read_policy
+            )
+        return self._compute
+
+    def _mark(self, name: str) -> None:
+        self.timings[name] = round(time.monotonic() - self._t0, 3)
+
+    # ---- the whole rollback -------------------------------------------------------------------------
+    def run(self) -> RollbackResult:
+        options = self.options
+        owner = options.owner or Owner.current()
+        rid = new_deploy_id(options.clock())
+        self.log = self.log.bind(deploy_id=rid)
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="rollback") as pool:
+            read: Future[JSON | None] = pool.submit(self.run_api.get_service, self.name)
+            revision_read: Future[JSON | None] | None = None
+            if options.to_revision:
+                revision_read = pool.submit(self.run_api.get_revision, f"{self.name}/revisions/{options.to_revision}")
+            store = open_store(self.config.state, self.clients, base=options.state_base)
+            lock = ServiceLock(store, self.key, clock=options.clock, ttl=options.lock_ttl)
+            displaced = self._refuse_live_operator(lock)
+            lease = lock.acquire(rid, owner, purpose="rollback", preempt=True)
+            self._mark("locked")
+            try:
+                return self._locked(store, lease, rid, owner, read, revision_read, displaced)
+            finally:
+                with contextlib.suppress(DeployerError):
+                    lease.release()
+
+    def _refuse_live_operator(self, lock: ServiceLock) -> LockInfo | None:
+        """Preempt deploys only: a live rollback, resume or unpin keeps the lock (exit 4)."""
+        current = lock.read()
+        if current is None:
+            return None
+        now = self.options.clock()
+        alive = not current.expired(now) and holder_alive(current) is not False
+        if current.purpose != "deploy" and alive:
+            raise LockHeldError(
+                f"{self.key} is locked by {current.describe(now)}; an emergency rollback preempts deploys only",
+                hint="let it finish (it is putting the service back already), then look at `deployer status`",
+                holder=current.model_dump(mode="json"),
+            )
+        return current
+
+    def _locked(
+        self,
+        store: StateStore,
+        lease: Any,
+        rid: str,
+        owner: Owner,
+        read: Future[JSON | None],
+        revision_read: Future[JSON | None] | None,
+        displaced: LockInfo | None,
+    ) -> RollbackResult:
+        options = self.options
+        journals = self._journals(store)
+        journal = Journal.begin(
+            store,
+            service=self.key,
+            deploy_id=rid,
+            config_digest="",
+            owner=owner,
+            operation="rollback",
+            reason=options.reason,
+            clock=options.clock,
+        )
+        self._mark("journal")
+        live = read.result()
+        self._mark("read")
+        if live is None:
+            journal.finish("failed", "the service does not exist", why="not found")
+            raise DeployerError(f"{self.name} does not exist: there is nothing to roll back")
+        before = [s.to_json() for s in traffic.effective(live)]
+        revisions = None
+        target = choose_target(live, journals, to_revision=options.to_revision)
+        if target.revision is None and target.source == "previous revision":
+            revisions = self._revisions()
+            target = choose_target(live, journals, to_revision=options.to_revision, revisions=revisions)
+        preempted = displaced.deploy_id if displaced is not None and displaced.purpose == "deploy" else None
+        result = RollbackResult(
+            service=self.key,
+            status="failed",
+            exit_code=1,
+            rollback_id=rid,
+            revision=target.revision,
+            source=target.source,
+            traffic_before=before,
+            preempted=preempted,
+            journal=journal.key,
+        )
+        if target.revision is None:
+            journal.finish("failed", "no revision to roll back to", why=target.why)
+            raise DeployerError(
+                f"{self.config.service.name}: no revision to roll back to ({target.why})",
+                hint="name one with --to REVISION (`gcloud run revisions list --service ...`)",
+            )
+        journal.decision(
+            ROLLBACK,
+            options.reason,
+            to_revision=target.revision,
+            source=target.source,
+            why=target.why,
+            from_deploy=target.journal_id,
+            infra=options.infra,
+            preempted=preempted,
+            traffic_before=before,
+            pin_for_s=options.pin_for.total_seconds(),
+        )
+        self.log.warning(
+            "rollback.started",
+            to_revision=target.revision,
+            source=target.source,
+            preempted=preempted,
+            infra=options.infra,
+            reason=options.reason,
+        )
+        return self.carry_out(
+            store,
+            journal,
+            live,
+            target,
+            journals,
+            result,
+            displaced=displaced,
+            owner=owner,
+            pinned_at=options.clock(),
+            revision_read=revision_read,
+        )
+
+    def carry_out(
+        self,
+        store: StateStore,
+        journal: Journal,
+        live: JSON,
+        target: Target,
+        journals: Sequence[JournalState],
+        result: RollbackResult,
+        *,
+        displaced: LockInfo | None,
+        owner: Owner,
+        pinned_at: datetime,
+        revision_read: Future[JSON | None] | None = None,
+    ) -> RollbackResult:
+        """Everything after the ``rollback`` decision: infra (--infra), the traffic move, the pin, the
+        displaced journals, --verify, finished. ``deployer resume`` calls it again for a rollback whose
+        process died: every step first looks whether it is done already."""
+        options = self.options
+        assert target.revision is not None
+        rid = journal.deploy_id
+        undo_from = next((s for s in journals if s.deploy_id == target.journal_id), None)
+        infra = self._infra_targets(undo_from) if options.infra else []
+        try:
+            if infra:
+                result.restored = self._restore_infra(journal, infra)
+            template = self._template(target, live, revision_read)
+            after = self._move_traffic(journal, live, target, template, rid)
+        except RollbackFailed as failed:
+            return self._undo_own(journal, result, failed)
+        except DeployerError as exc:
+            return self._undo_own(journal, result, RollbackFailed(str(exc), changed=bool(what_to_undo(journal.state))))
+        result.traffic_after = [s.to_json() for s in traffic.effective(after)]
+        result.why = target.why
+        pin = write_pin(
+            store,
+            new_pin(
+                self.key,
+                revision=target.revision,
+                reason=options.reason,
+                owner=owner,
+                now=pinned_at,
+                ttl=options.pin_for,
+                rollback_id=rid,
+            ),
+        )
+        result.pin = pin
+        journal.decision("pin", options.reason, revision=target.revision, expires_at=pin.expires_at.isoformat())
+        self._mark("pinned")
+        remaining = self._remaining_infra(undo_from) if not options.infra else []
+        result.remaining = remaining
+        result.superseded = self._close_displaced(store, journals, displaced, rid, target, remaining)
+        status: FinalStatus = "succeeded"
+        if options.verify:
+            result.verdict = self._verify(journal, after)
+            if result.verdict != "Passed":
+                status = "rollback_incomplete"
+        owned = self._owned_after(journals, undo_from if options.infra else None)
+        journal.finish(
+            status,
+            f"traffic moved to {target.revision}" + (" (verify did not pass)" if status != "succeeded" else ""),
+            remaining=remaining,
+            to_revision=target.revision,
+            source=target.source,
+            traffic_after=result.traffic_after,
+            owned_armor_priorities=owned,
+            pinned_until=pin.expires_at.isoformat(),
+            why=target.why,
+        )
+        result.status = status
+        result.exit_code = 0 if status == "succeeded" else 3
+        self._mark("finished")
+        result.timings = self.timings
+        self.log.info("rollback.finished", status=status, to_revision=target.revision, timings=self.timings)
+        return result
+
+    # ---- reading the journals ----------------------------------------------------------------------------
+    def _journals(self, store: StateStore) -> list[JournalState]:
+        """Newest first, as far back as ``choose_target`` needs (usually one read)."""
+        from deployer.orchestrator.resume import newest_first
+
+        out: list[JournalState] = []
+        for state in newest_first(store, self.key):
+            out.append(state)
+            if state.started.operation not in ADMIN_OPERATIONS and state.status not in ("failed", "rolled_back"):
+                break
+        return out
+
+    def _revisions(self) -> list[JSON]:
+        from deployer.gcp.observe import to_rest_json
+
+        client = self.clients.revisions()
+        found = retry.call(
+            lambda: list(client.list_revisions(parent=self.name)),
+            method="run.revisions.list",
+            policy=self.options.read_policy,
+        )
+        return [to_rest_json(r) for r in found]
+
+    # ---- the traffic move ----------------------------------------------------------------------------------
+    def _template(self, target: Target, live: JSON, revision_read: Future[JSON | None] | None) -> JSON:
+        if target.pre_image is not None:
+            pre = target.pre_image
+            template = dict(pre.get("template") or {})
+            created = traffic.short(pre.get("latestCreatedRevision")) or template.get("revision")
+            if created:
+                template["revision"] = created
+            if target.masked_paths:
+                from deployer.orchestrator.rollback import fill_masked
+
+                revision = self.run_api.get_revision(f"{self.name}/revisions/{created}")
+                template = fill_masked({"template": template}, target.masked_paths, revision)["template"]
+            return template
+        assert target.revision is not None
+        revision = revision_read.result() if revision_read is not None else None
+        if revision is None:
+            revision = self.run_api.get_revision(f"{self.name}/revisions/{target.revision}")
+        if revision is None:
+            raise DeployerError(
+                f"revision {target.revision} of {self.config.service.name} does not exist",
+                hint="`gcloud run revisions list --service ...` lists them",
+            )
+        return template_from_revision(revision)
+
+    def _move_traffic(self, journal: Journal, live: JSON, target: Target, template: JSON, rid: str) -> JSON:
+        """One UpdateService (etag), waited for; a foreign write in between: read again and retry."""
+        current = live
+        for attempt in range(1, CONFLICT_RETRIES + 2):
+            body, new_traffic = rollback_body(current, target, template=template, rollback_id=rid)
+            want = want_of(new_traffic)
+            if already_moved(current, new_traffic, template, rid):  # resumed after it landed
+                self._mark("traffic_moved")
+                return current
+            etag = str(current.get("etag") or "")
+            try:
+                with journal.effect(
+                    kind=RUN_SERVICE,
+                    resource_id=self.name,
+                    before=current,
+                    precondition=etag,
+                    action=Action.UPDATE,
+                    method="run.services.patch",
+                    intended={
+                        "template.revision": template.get("revision"),
+                        "traffic": new_traffic,
+                        "annotations": {k: v for k, v in body["annotations"].items() if k.startswith("deployer.dev/")},
+                    },
+                ) as handle:
+                    op = self.run_api.update_service({**body, "name": self.name}, etag=etag)
+                    meta = self.run_api.metadata(op) or {}
+                    handle.done({"etag": meta.get("etag"), "step": "rollback"}, precondition=meta.get("etag"))
+                self._mark("update_sent")
+            except ConflictError as exc:
+                if attempt > CONFLICT_RETRIES:
+                    raise RollbackFailed(f"the service kept changing under the rollback: {exc}", changed=False) from exc
+                self.log.warning("rollback.conflict", attempt=attempt, error=str(exc))
+                fresh = self.run_api.get_service(self.name)
+                if fresh is None:
+                    raise RollbackFailed("the service disappeared", changed=False) from exc
+                current = fresh
+                continue
+            except CloudError as exc:
+                if exc.outcome_unknown:
+                    landed = self._landed(want)
+                    if landed is not None:
+                        return landed
+                raise RollbackFailed(f"the traffic update failed: {exc}", changed=exc.outcome_unknown) from exc
+            try:
+                after = wait_run_operation(self.clients, op, policy=self.options.read_policy)
+            except CloudError as exc:
+                landed = self._landed(want)
+                if landed is not None:
+                    return landed
+                raise RollbackFailed(f"the traffic update did not complete: {exc}", changed=True) from exc
+            self._mark("traffic_moved")
+            got = traffic.effective(after)
+            if not traffic.same_effective(got, want):
+                landed = self._landed(want)
+                if landed is not None:
+                    return landed
+                raise RollbackFailed(
+                    f"traffic reads back {_show(got)}, not {_show(want)}",
+                    changed=True,
+                )
+            self.log.warning(
+                "rollback.traffic_moved",
+                to_revision=target.revision,
+                traffic=_show(got),
+                at=time.time(),
+                seconds=self.timings.get("traffic_moved"),
+            )
+            return after
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _landed(self, want: Sequence[traffic.Served], settle_s: float = 30.0) -> JSON | None:
+        """After an unknown outcome: the service (once it is no longer reconciling) when its traffic is
+        already what we wanted, else ``None``."""
+        deadline = time.monotonic() + settle_s
+        while True:
+            fresh = self.run_api.get_service(self.name)
+            if fresh is None:
+                return None
+            if not fresh.get("reconciling") or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        if not fresh.get("reconciling") and traffic.same_effective(traffic.effective(fresh), want):
+            self._mark("traffic_moved")
+            return fresh
+        return None
+
+    # ---- infrastructure ------------------------------------------------------------------------------------
+    @staticmethod
+    def _infra_targets(state: JournalState | None) -> list[RestoreTarget]:
+        if state is None:
+            return []
+        return [t for t in restore_targets(state) if t.kind in (BACKEND_SERVICE, ARMOR_RULE)]
+
+    def _restore_infra(self, journal: Journal, targets: list[RestoreTarget]) -> list[JSON]:
+        """The backend service ∥ the chain of rule writes (one policy: one at a time), each journaled in
+        this rollback's journal with its own pre-image (so it can be undone)."""
+        backend = [t for t in targets if t.kind == BACKEND_SERVICE]
+        rules = sorted((t for t in targets if t.kind == ARMOR_RULE), key=lambda t: t.resource_id)
+        done: list[JSON] = []
+        errors: list[BaseException] = []
+
+        def chain(items: list[RestoreTarget]) -> None:
+            for t in items:
+                if errors:
+                    return
+                try:
+                    done.append(self._restore_one(journal, t))
+                except BaseException as exc:
+                    errors.append(exc)
+                    return
+
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="rollback-infra") as pool:
+            futures = [pool.submit(chain, backend), pool.submit(chain, rules)]
+            for f in futures:
+                f.result()
+        self._mark("infra")
+        if errors:
+            first = errors[0]
+            raise RollbackFailed(f"restoring the infrastructure failed: {first}", changed=True) from first
+        return done
+
+    def _restore_one(self, journal: Journal, target: RestoreTarget) -> JSON:
+        from deployer.gcp.compute import new_request_id
+        from deployer.orchestrator.rollback import _BS_ID, _RULE_ID, backend_restore_write, rule_restore_write
+
+        pre = target.pre_image
+        for attempt in range(1, CONFLICT_RETRIES + 2):
+            if target.kind == BACKEND_SERVICE:
+                m = _BS_ID.match(target.resource_id)
+                if m is None or pre is None:
+                    raise DeployerError(f"cannot restore {target.resource_id}")
+                name = m.group("name")
+                current = self.compute.get_backend_service(name)
+                if current is None:
+                    raise DeployerError(f"the backend service {name} no longer exists")
+                write = backend_restore_write(current, pre)
+                if write is None:
+                    return {"kind": target.kind, "resource": target.resource_id, "stage": "skipped"}
+                verb, body = write
+                fingerprint = str(current.get("fingerprint") or "")
+                request_id = new_request_id()
+                try:
+                    with journal.effect(
+                        kind=BACKEND_SERVICE,
+                        resource_id=target.resource_id,
+                        before=current,
+                        precondition=fingerprint,
+                        action=Action.UPDATE,
+                        method=f"compute.backendServices.{verb}",
+                        intended=body,
+                        request_id=request_id,
+                    ) as handle:
+                        fn = (
+                            self.compute.patch_backend_service
+                            if verb == "patch"
+                            else self.compute.update_backend_service
+                        )
+                        self.compute.wait(fn(name, body, fingerprint=fingerprint, request_id=request_id))
+                        after = self.compute.get_backend_service(name)
+                        handle.done(after, precondition=(after or {}).get("fingerprint"))
+                except ConflictError:
+                    if attempt > CONFLICT_RETRIES:
+                        raise
+                    continue  # a foreign write moved the fingerprint: read it again
+                return {"kind": target.kind, "resource": target.resource_id, "stage": "done", "detail": verb}
+            m = _RULE_ID.match(target.resource_id)
+            if m is None:
+                raise DeployerError(f"not a Cloud Armor rule id: {target.resource_id}")
+            policy, priority = m.group("policy"), int(m.group("priority"))
+            current = self.compute.get_rule(policy, priority)
+            rule_write = rule_restore_write(current, pre)
+            if rule_write is None:
+                return {"kind": target.kind, "resource": target.resource_id, "stage": "skipped"}
+            verb, rule_body, clear = rule_write
+            action = {"add": Action.CREATE, "remove": Action.DELETE, "patch": Action.UPDATE}[verb]
+            method = {"add": "addRule", "patch": "patchRule", "remove": "removeRule"}[verb]
+            with journal.effect(
+                kind=ARMOR_RULE,
+                resource_id=target.resource_id,
+                before=current,
+                precondition=None,
+                action=action,
+                method=f"compute.securityPolicies.{method}",
+                intended=rule_body,
+            ) as handle:
+                if verb == "add":
+                    assert rule_body is not None
+                    op = self.compute.add_rule(policy, rule_body)
+                elif verb == "patch":
+                    assert rule_body is not None
+                    op = self.compute.patch_rule(policy, priority, rule_body, clear=clear)
+                else:
+                    op = self.compute.remove_rule(policy, priority)
+                self.compute.wait(op)
+                handle.done(rule_body)
+            return {"kind": target.kind, "resource": target.resource_id, "stage": "done", "detail": verb}
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _remaining_infra(self, state: JournalState | None) -> list[str]:
+        if state is None:
+            return []
+        return [
+            f"{t.kind} {t.resource_id}: left as deploy {state.deploy_id} made it (rollback without --infra)"
+            for t in self._infra_targets(state)
+        ]
+
+    @staticmethod
+    def _owned_after(journals: Sequence[JournalState], undone: JournalState | None) -> list[int]:
+        """The Cloud Armor priorities owned after this rollback: those of the newest finished deploy or
+        rollback, skipping the one whose infrastructure was just restored."""
+        for state in journals:
+            if state.started.operation in ADMIN_OPERATIONS or state.finished is None:
+                continue
+            if undone is not None and state.deploy_id == undone.deploy_id and state.status == "succeeded":
+                continue  # its rules were just put back: what the one before it owned counts
+            owned = state.finished.detail.get("owned_armor_priorities")
+            if isinstance(owned, list):
+                return [int(p) for p in owned]
+        return []
+
+    # ---- failure: put back what this rollback changed --------------------------------------------------------
+    def _undo_own(self, journal: Journal, result: RollbackResult, failed: RollbackFailed) -> RollbackResult:
+        from deployer.orchestrator.rollback import Restorer
+
+        self.log.error("rollback.failed", why=failed.why)
+        result.why = failed.why
+        if not what_to_undo(journal.state):
+            journal.finish("failed", "nothing was changed", why=failed.why)
+            result.status, result.exit_code = "failed", 1
+            return result
+        journal.decision(ROLLBACK, f"undo this rollback's own changes: {failed.why}")
+        report = Restorer(self.run_api, self.compute, journal).restore_all()
+        result.restored = [i.to_json() for i in report.items]
+        result.remaining = report.remaining
+        result.hints = report.hints
+        if report.ok:
+            journal.finish("failed", "failed; its own changes were put back", why=failed.why)
+            result.status, result.exit_code = "failed", 1
+        else:
+            journal.finish("rollback_incomplete", "failed, and could not put back", remaining=report.remaining)
+            result.status, result.exit_code = "rollback_incomplete", 3
+        self.log.error("rollback.finished", status=result.status, remaining=result.remaining)
+        return result
+
+    # ---- the displaced deploy ----------------------------------------------------------------------------------
+    def _close_displaced(
+        self,
+        store: StateStore,
+        journals: Sequence[JournalState],
+        displaced: LockInfo | None,
+        rid: str,
+        target: Target,
+        remaining: list[str],
+    ) -> list[str]:
+        """Close the journals of deploys that cannot close their own any more: unfinished, and their
+        holder dead (or gone without a lease). A live displaced deploy closes its own ``aborted``."""
+        closed: list[str] = []
+        live_holder = None
+        if (
+            displaced is not None
+            and holder_alive(displaced) is not False
+            and not displaced.expired(self.options.clock())
+        ):
+            live_holder = displaced.deploy_id
+        for state in journals:
+            if state.is_finished or state.deploy_id == live_holder or state.started.operation in ADMIN_OPERATIONS:
+                continue
+            for _ in range(3):
+                try:
+                    j = Journal.open(store, self.key, state.deploy_id, clock=self.options.clock)
+                    if j.state.is_finished:
+                        break
+                    j.decision(
+                        SUPERSEDED,
+                        f"emergency rollback {rid} moved traffic to {target.revision}",
+                        rollback_id=rid,
+                    )
+                    j.finish(
+                        "aborted",
+                        f"superseded by rollback {rid}",
+                        remaining=[r for r in remaining if state.deploy_id in r],
+                        why=f"superseded by emergency rollback {rid}",
+                        superseded_by=rid,
+                    )
+                    closed.append(state.deploy_id)
+                    break
+                except StaleStateError:
+                    continue
+                except DeployerError as exc:
+                    self.log.warning("rollback.close_failed", deploy=state.deploy_id, error=str(exc))
+                    break
+        return closed
+
+    # ---- --verify ------------------------------------------------------------------------------------------
+    def _verify(self, journal: Journal, service: JSON) -> str:
+        import asyncio
+
+        from deployer.gate import run_gate
+        from deployer.orchestrator import gates
+
+        spec = gates.public_spec(self.config.gate.public, service)
+        verdict = asyncio.run(run_gate(spec, env=self.options.gate_env))
+        journal.gate("restored", verdict.outcome.value, verdict.to_json())
+        self._mark("verified")
+        return str(verdict.outcome.value)
+
+
+def wait_run_operation(clients: Clients, op: Any, *, policy: retry.RetryPolicy, timeout: float = OP_WAIT_S) -> JSON:
+    """Wait for a Cloud Run operation with ``operations.wait`` (one call that answers when it is done,
+    instead of polling: no poll interval to lose), then its Service or its error as a ``CloudError``."""
+    from google.longrunning import operations_pb2
+    from google.protobuf import duration_pb2
+
+    services = clients.services()
+    name = op.operation.name
+    deadline = time.monotonic() + timeout
+    while True:
+        left = max(1.0, deadline - time.monotonic())
+        request = operations_pb2.WaitOperationRequest(name=name, timeout=duration_pb2.Duration(seconds=int(left)))
+        raw = retry.call(
+            lambda req=request: services.wait_operation(request=req),  # type: ignore[misc]
+            method="run.operations.wait",
+            policy=policy,
+        )
+        if raw.done:
+            break
+        if time.monotonic() > deadline:
+            raise CloudError("the Cloud Run operation did not finish in time", method="run.operations.wait")
+    return operation_outcome(raw)
+
+
+def operation_outcome(raw: Any) -> JSON:
+    """A finished ``google.longrunning.Operation`` of Cloud Run: its Service (REST JSON), or its error as
+    a ``CloudError`` (a gRPC status: clientlibs.md §2a, e.g. 9 → FailedPrecondition)."""
+    from google.api_core import exceptions as gexc
+    from google.cloud.run_v2.types import Service
+
+    from deployer.gcp.cloudrun import UPDATE
+    from deployer.gcp.observe import to_rest_json
+
+    if raw.HasField("error"):
+        exc = gexc.from_grpc_status(raw.error.code, raw.error.message or "the operation failed")
+        err = retry.to_cloud_error(exc, method=UPDATE)
+        assert err is not None
+        raise err from exc
+    if not raw.HasField("response"):
+        raise CloudError("the Cloud Run operation finished with neither a response nor an error", method=UPDATE)
+    return to_rest_json(Service.deserialize(raw.response.value))
+
+
+def _show(served: Sequence[traffic.Served]) -> str:
+    return ", ".join(f"{s.revision} {s.percent}%" + (f" tag {s.tag}" if s.tag else "") for s in served) or "nothing"
