@@ -28,9 +28,12 @@ app.add_typer(localcloud_app, name="localcloud")
 
 @localcloud_app.command("up")
 def localcloud_up(
-    api_port: Annotated[int, typer.Option("--api-port", help="Port of the Google APIs (0 = any free port).")] = 8480,
+    api_port: Annotated[
+        int, typer.Option("--api-port", min=0, max=65535, help="Port of the Google APIs (0 = any free port).")
+    ] = 8480,
     lb_port: Annotated[
-        int | None, typer.Option("--lb-port", help="Port of the load balancer (revisions run as processes).")
+        int | None,
+        typer.Option("--lb-port", min=0, max=65535, help="Port of the load balancer (revisions run as processes)."),
     ] = None,
     seed: Annotated[str | None, typer.Option("--seed", help="World to create at start (YAML).")] = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
@@ -287,36 +290,102 @@ def why(
     raise typer.Exit(run_why(config, deploy_id, json_out=json_out))
 
 
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
 def _report(exc: Any) -> int:
-    print(f"error: {exc.message}", file=sys.stderr)
+    print(f"error: {_one_line(exc.message)}", file=sys.stderr)
     if getattr(exc, "hint", None):
-        print(f"hint: {exc.hint}", file=sys.stderr)
+        print(f"hint: {_one_line(exc.hint)}", file=sys.stderr)
     return int(exc.exit_code)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that ``finally`` blocks and asyncio's task cancellation run."""
+
+
+# What a signal ends the process with (128 + the signal number, the shell's convention).
+INTERRUPTED_EXIT = 130
+TERMINATED_EXIT = 143
+
+
+def _on_sigterm(_signum: int, _frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: runs the Typer app and turns deployer errors into one line and an exit code."""
+    """Entry point: runs the Typer app and turns deployer errors into one line and an exit code.
+
+    The app runs through click's context directly (not ``app()``), because Typer's own ``main`` turns
+    Ctrl-C into a silent exit 130 and prints click's usage errors as three lines: here a usage error,
+    a ``DeployerError``, Ctrl-C and SIGTERM each end as one ``error:`` line (and a ``hint:``).
+    Anything else is a bug and keeps its traceback.
+    """
+    import signal
+
+    from typer._click.exceptions import NoArgsIsHelpError
+    from typer._click.exceptions import UsageError as ClickUsageError
+    from typer.main import get_command
+
     from deployer.errors import DeployerError
 
+    args = list(sys.argv[1:] if argv is None else argv)
+    old_term = signal.getsignal(signal.SIGTERM)
+    if old_term is signal.SIG_DFL and _main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    command = get_command(app)
     try:
-        # Without standalone mode, click *returns* the code of a `typer.Exit(code)` raised in a command.
-        result = app(args=argv, standalone_mode=False)
+        with command.make_context("deployer", args) as ctx:
+            from deployer import logs
+
+            logs.ensure_configured()  # logs to stderr, never into a command's output on stdout
+            result = command.invoke(ctx)
     except DeployerError as exc:
         return _report(exc)
     except typer.Exit as exc:
         return int(exc.exit_code or 0)
-    except typer.Abort:
-        print("aborted", file=sys.stderr)
-        return 130
+    except Terminated:
+        print("error: terminated by SIGTERM before the command finished", file=sys.stderr)
+        return TERMINATED_EXIT
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except typer.TyperException as exc:  # click's usage errors: one line, exit 2
-        show = getattr(exc, "show", None)
-        if show is not None:
-            show()
-        return int(getattr(exc, "exit_code", 2))
+        print("error: interrupted by Ctrl-C (SIGINT) before the command finished", file=sys.stderr)
+        return INTERRUPTED_EXIT
+    except typer.Abort:
+        print("error: aborted", file=sys.stderr)
+        return INTERRUPTED_EXIT
+    except EOFError:  # end of input at a confirmation prompt: the answer is "no"
+        print("error: no answer (end of input); nothing was changed", file=sys.stderr)
+        return 1
+    except NoArgsIsHelpError as exc:  # `deployer` alone: the help, as click prints it
+        exc.show()
+        return 2
+    except ClickUsageError as exc:  # a wrong flag or argument: one line, the command's --help as the hint
+        print(f"error: {_one_line(exc.format_message())}", file=sys.stderr)
+        path = exc.ctx.command_path if exc.ctx is not None else "deployer"
+        if path == "deployer" and args and args[0] in getattr(command, "commands", {}):
+            path = f"deployer {args[0]}"  # click names no context for e.g. `-c` without its value
+        print(f"hint: see `{path} --help`", file=sys.stderr)
+        return int(exc.exit_code)
+    except typer.TyperException as exc:  # click's other errors (e.g. a file option it could not open)
+        print(f"error: {_one_line(exc.format_message())}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 1))
+    except BrokenPipeError:  # stdout closed early (`deployer plan | head`): stop quietly, as a pipe expects
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    finally:
+        if _main_thread() and signal.getsignal(signal.SIGTERM) is _on_sigterm:
+            signal.signal(signal.SIGTERM, old_term)
     return result if isinstance(result, int) else 0
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

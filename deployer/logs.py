@@ -70,3 +70,27 @@ def configure(*, json: bool | None = None, level: str = "info", stream: Any = No
 def get_logger(**context: Any) -> Any:
     """A logger with ``context`` bound (deploy id, phase, service, ...)."""
     return structlog.get_logger().bind(**context)
+
+
+class _StderrNow:
+    """Whatever ``sys.stderr`` is when a line is written (tests swap it; a bound stream would go stale)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
+def ensure_configured() -> None:
+    """Send logs to stderr unless something configured them already.
+
+    structlog's unconfigured default prints to *stdout*: a ``gcp.retry`` warning during ``deployer
+    plan --json`` would land inside the JSON. The CLI calls this before any command; a command that
+    configures logging itself (``deploy``, ``gate``, ``localcloud up``) still does so.
+    """
+    if not structlog.is_configured():
+        configure(stream=_StderrNow(), level="warning" if sys.stderr.isatty() else "info")

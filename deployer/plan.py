@@ -19,6 +19,7 @@ import json
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError, model_validator
@@ -303,6 +304,27 @@ class Plan(BaseModel):
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first.get("loc", ())) or "(top)"
             raise PlanFileError(f"{source}: not a deployer plan: {where}: {first.get('msg')}") from exc
+
+    @classmethod
+    def read_file(cls, path: str) -> Plan:
+        """A saved plan (``deploy --plan FILE``) that can be applied, read before anything else happens.
+
+        Everything that can be wrong with the file itself is one ``PlanFileError`` (exit 2): no name,
+        missing, a directory, unreadable, not UTF-8, not a plan, or a masked plan (``plan --json``)."""
+        if not path.strip():
+            raise PlanFileError("--plan needs a file name (a plan saved with `deployer plan --out FILE`)")
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise PlanFileError(f"{path}: not a plan: not UTF-8 text (byte {exc.start})") from exc
+        except IsADirectoryError as exc:
+            raise PlanFileError(f"{path}: is a directory, not a plan file") from exc
+        except OSError as exc:
+            raise PlanFileError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+        plan = cls.from_json(text, source=path)
+        if plan.masked:
+            raise PlanFileError(f"{path}: a masked plan (plan --json output) cannot be applied; use plan --out FILE")
+        return plan
 
 
 # ==================================================================================================

@@ -44,7 +44,23 @@ class Clients:
 
     def _memo(self, key: str, build: Any) -> Any:
         if key not in self._cache:
-            client = build()
+            try:
+                client = build()
+            except Exception as exc:
+                # Real Google without Application Default Credentials fails here, at construction
+                # (google.auth.default), before any call: one error line with the fix, not a traceback.
+                import google.auth.exceptions as gauth
+
+                if not isinstance(exc, gauth.GoogleAuthError):
+                    raise
+                from deployer.errors import CloudError
+
+                raise CloudError(
+                    f"no usable Google credentials for the {key} client: {' '.join(str(exc).split()).split('. ')[0]}",
+                    method=f"{key} client",
+                    hint="run `gcloud auth application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS), "
+                    "or give the config an `endpoint:` to target the local cloud",
+                ) from exc
             if self.endpoint is not None:
                 _no_proxy(client)
             self._cache[key] = client

@@ -39,6 +39,7 @@ import tenacity
 import urllib3.exceptions as uexc
 
 from deployer.errors import CloudError, ConflictError, DeployerError, NotFoundError, TransientCloudError
+from deployer.gcp import reach
 
 T = TypeVar("T")
 
@@ -173,6 +174,12 @@ def to_cloud_error(
         "outcome_unknown": outcome_unknown,
     }
     if transient:
+        # No HTTP answer at all (refused, DNS, reset): say what could not be reached and why, not
+        # that "Google kept answering" (reach.py); the retries were still the policy's.
+        failure = reach.network_failure(cause)
+        if failure is not None:
+            said, advice = reach.describe(failure, method=method, attempts=attempts)
+            return TransientCloudError(said, hint=advice, **common)
         tries = f"after {attempts} attempt{'s' if attempts != 1 else ''}"
         return TransientCloudError(
             f"{method} still failing {tries}: {where}: {_detail(cause)}",
@@ -195,6 +202,8 @@ def to_cloud_error(
             hint = "no usable Google credentials (try `gcloud auth application-default login`)."
         elif isinstance(cause, (rexc.SSLError, uexc.SSLError)):
             hint = "TLS failed; a local endpoint must be given with its scheme, e.g. http://127.0.0.1:8480."
+        elif isinstance(cause, (rexc.ProxyError, uexc.ProxyError)):
+            hint = "the call went through the proxy in HTTPS_PROXY / HTTP_PROXY and failed there (see NO_PROXY)."
         return CloudError(f"{method}: {where}: {_detail(cause)}", hint=hint, **common)
     return None
 

@@ -130,7 +130,9 @@ def test_check_live_cloud_error_is_one_line(
     monkeypatch.setattr(retry, "READ_POLICY", retry.READ_POLICY.with_(attempts=1))  # no backoff waits
     code = main(["check", "-c", str(path), "--live"])
     err = capsys.readouterr().err
-    assert code == 1 and err.startswith("error: run.services.get") and "Traceback" not in err
+    assert code == 1 and "Traceback" not in err
+    assert err.startswith(f"error: cannot reach the local cloud at http://127.0.0.1:{port} (connection refused)")
+    assert "for run.services.get" in err.splitlines()[0]
 
 
 S = "projects/p/locations/us-central1/services/s"
