@@ -98,6 +98,7 @@ def run_plan(
     from deployer.redact import SecretMask
 
     stream = stream or sys.stdout
+    check_plan_out(out)  # offline, before the config and the cloud: a wrong --out is exit 2 at once
     config = load_config(path)
     plan, _observed, warnings = make_live_plan(config)
     if json_out:
@@ -120,14 +121,40 @@ def run_plan(
     return 2 if detailed_exitcode else 0
 
 
+def check_plan_out(out: str | None) -> None:
+    """What can be wrong with ``--out FILE`` without writing it: no name, a directory, no such directory."""
+    if out is None:
+        return
+    if not out.strip():
+        raise UsageError("--out needs a file name (where to save the applyable plan)")
+    target = Path(out)
+    if target.is_dir():
+        raise UsageError(f"cannot write the plan to {out}: it is a directory")
+    if not target.parent.is_dir():
+        raise UsageError(f"cannot write the plan to {out}: {target.parent} is not a directory")
+
+
 def write_plan_file(plan: Any, out: str) -> None:
+    """Write the applyable plan atomically, mode 0600 (it holds literal env values), even over an old file:
+    a temporary file beside it, fsync, rename. An interrupted write leaves the old file, never half a plan."""
+    import contextlib
+    import tempfile
+
     target = Path(out)
     try:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(plan.to_json() + "\n")
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")  # mode 0600
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(plan.to_json() + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
     except OSError as exc:
-        raise UsageError(f"cannot write the plan to {out}: {exc.strerror}") from exc
+        raise UsageError(f"cannot write the plan to {out}: {exc.strerror or exc}") from exc
 
 
 def run_deploy(

@@ -197,6 +197,7 @@ class Deployment:
         self.desired = desired_state(config)
         self._abort_reason: str | None = None
         self._overridden: list[ActiveFreeze] = []
+        self._saved_plan: Plan | None = None  # the `--plan FILE` plan, read before anything else
         self._abort_event: asyncio.Event | None = None
         self.log: Any = structlog.get_logger("deployer.deploy").bind(service=self.key)
 
@@ -246,6 +247,9 @@ class Deployment:
 
     async def _run(self) -> DeployResult:
         options = self.options
+        # A saved plan is read and checked first: a wrong `--plan FILE` is one line and exit 2, with no
+        # lock taken, no journal written and no call made.
+        self._saved_plan = self._read_saved_plan()
         # Freeze windows (issue 7): refused before anything is read or locked, unless overridden.
         self._overridden = check_freeze(self.config, options.clock(), override=options.freeze_override)
         store = open_store(self.config.state, self.clients, base=options.state_base)
@@ -431,23 +435,22 @@ class Deployment:
                 owned_armor_priorities=owned_before,
             )
         path = Path(self.options.plan_file)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            from deployer.errors import PlanFileError
-
-            raise PlanFileError(f"{path}: cannot read: {exc.strerror}") from exc
-        plan = Plan.from_json(text, source=str(path))
-        if plan.masked:
-            from deployer.errors import PlanFileError
-
-            raise PlanFileError(f"{path}: a masked plan (plan --json output) cannot be applied; use plan --out FILE")
-        if plan.service != self.desired.service_name:
-            raise UsageError(f"{path} is a plan for {plan.service}, not {self.desired.service_name}")
+        plan = self._saved_plan or self._read_saved_plan()
+        assert plan is not None
         if plan.config_digest != config_digest(self.desired):
             self.log.warning("deploy.plan_config_differs", phase="plan", plan=str(path))
             self.options.reporter.note("the config changed since this plan was made; applying the plan as saved")
         return self._check_stale(plan, observed, f"the saved plan {path}")
+
+    def _read_saved_plan(self) -> Plan | None:
+        """The ``--plan FILE`` plan, checked offline (``PlanFileError``, exit 2), or None without one."""
+        if self.options.plan_file is None:
+            return None
+        path = self.options.plan_file
+        plan = Plan.read_file(path)
+        if plan.service != self.desired.service_name:
+            raise UsageError(f"{path} is a plan for {plan.service}, not {self.desired.service_name}")
+        return plan
 
     def _check_stale(self, plan: Plan, observed: Observed, what: str) -> Plan:
         """``plan`` if every etag / fingerprint it was made against still holds; else refuse."""
