@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from deployer.config import DeployConfig, load_config
 from deployer.errors import DeployerError, StateError, UsageError
+
+if TYPE_CHECKING:
+    from deployer.orchestrator.pins import Pin
+    from deployer.orchestrator.status import PinView
 
 
 def _utcnow() -> datetime:
@@ -58,21 +61,7 @@ def _key(config: DeployConfig) -> str:
 # ---- status ------------------------------------------------------------------------------------------
 
 
-def read_pin_view(store: Any, key: str) -> tuple[Any, bool]:
-    """The pin as a ``PinView`` (None: no pin) and whether this deployer knows pins at all."""
-    import importlib
-
-    try:  # issue 7: the emergency rollback records pins (deployer/orchestrator/pins.py)
-        pins = importlib.import_module("deployer.orchestrator.pins")
-    except ModuleNotFoundError:
-        return None, False
-    read_pin: Callable[..., Any] | None = getattr(pins, "read_pin", None)
-    if read_pin is None:
-        return None, False
-    return pin_view(read_pin(store, key)), True
-
-
-def pin_view(pin: Any) -> Any:
+def pin_view(pin: Pin | None) -> PinView | None:
     """A ``status.PinView`` from a ``pins.Pin`` (None: no pin)."""
     from deployer.orchestrator.status import PinView
 
@@ -86,6 +75,16 @@ def pin_view(pin: Any) -> Any:
         expires_at=pin.expires_at,
         rollback_id=pin.rollback_id,
     )
+
+
+def read_pin_view(store: Any, key: str) -> tuple[PinView | None, str | None]:
+    """The pin as a ``PinView`` (None: no pin), or why it could not be read."""
+    from deployer.orchestrator.pins import read_pin
+
+    try:
+        return pin_view(read_pin(store, key)), None
+    except StateError as exc:
+        return None, exc.message
 
 
 def gather_status(config: DeployConfig, *, clients: Any = None, now: datetime | None = None) -> Any:
@@ -110,7 +109,7 @@ def gather_status(config: DeployConfig, *, clients: Any = None, now: datetime | 
         lock = LockView.of(ServiceLock(store, key).read(), at)
     except StateError as exc:
         lock = LockView.unreadable(exc.message)
-    pin, pins_supported = read_pin_view(store, key)
+    pin, pin_error = read_pin_view(store, key)
     last, owned = last_deploy(store, key, observed.service)
     found = traffic.drift(observed.service, last) if observed.service is not None else None
     desired = desired_state(config)
@@ -126,7 +125,7 @@ def gather_status(config: DeployConfig, *, clients: Any = None, now: datetime | 
         history=history,
         lock=lock,
         pin=pin,
-        pins_supported=pins_supported,
+        pin_error=pin_error,
         traffic_drift=found.describe() if found is not None else None,
     )
 

@@ -195,7 +195,7 @@ class ServiceStatus:
     journal_error: str | None = None
     lock: LockView = field(default_factory=lambda: LockView(held=False))
     pin: PinView | None = None
-    pins_supported: bool = True
+    pin_error: str | None = None  # the pin could not be read
     drift: tuple[DriftChange, ...] = ()
     checked: int = 0  # resources compared with the config
     traffic_drift: str | None = None
@@ -220,6 +220,7 @@ class ServiceStatus:
             "journal_error": self.journal_error,
             "lock": self.lock.to_json(),
             "pin": self.pin.to_json(self.at) if self.pin else None,
+            "pin_error": self.pin_error,
             "drift": {
                 "in_sync": self.in_sync,
                 "checked": self.checked,
@@ -240,7 +241,7 @@ def build_status(
     journal_error: str | None = None,
     lock: LockView | None = None,
     pin: PinView | None = None,
-    pins_supported: bool = True,
+    pin_error: str | None = None,
     traffic_drift: str | None = None,
 ) -> ServiceStatus:
     """The status as a value (pure). ``history`` is newest first (``history.read_history``); the last
@@ -264,7 +265,7 @@ def build_status(
         journal_error=journal_error or (moves[0].error if moves and moves[0].status == "unreadable" else None),
         lock=lock or LockView(held=False),
         pin=pin,
-        pins_supported=pins_supported,
+        pin_error=pin_error,
         drift=config_drift(plan) if plan is not None else (),
         checked=len(plan.changes) if plan is not None else 0,
         traffic_drift=traffic_drift,
@@ -346,7 +347,10 @@ def render_status(status: ServiceStatus, console: Console) -> None:
     console.print(lock)
     pin = Text("pin   ", style="bold")
     if status.pin is None:
-        pin.append("none" if status.pins_supported else "(not available in this version)", style="dim")
+        if status.pin_error:
+            pin.append(f"unreadable: {status.pin_error}", style="bold red")
+        else:
+            pin.append("none", style="dim")
     else:
         p = status.pin
         pin.append(f"traffic pinned to {p.revision}", style="bold yellow")

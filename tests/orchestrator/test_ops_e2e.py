@@ -270,3 +270,45 @@ def test_the_cli_refuses_inside_a_window_on_the_real_clock_in_one_line(cloud, cl
     code, _, err = run(capsys, "deploy", "-c", cfg, "--yes", "--override-freeze")
     assert code == 2 and "--override-freeze needs --reason TEXT" in err
     assert len(cloud.world.requests) == mark
+
+
+# ---- after an emergency rollback ------------------------------------------------------------------
+
+
+def test_a_rollback_ignores_freezes_and_status_shows_its_pin(cloud, clients, data, tmp_path, capsys):
+    good = deploy(make_config(data), options())
+    assert good.status == "succeeded", good.why
+    now = datetime.now(UTC)
+    start, end = (now - timedelta(hours=1)).isoformat(), (now + timedelta(hours=1)).isoformat()
+    data["freeze"] = [{"reason": "launch", "start": start, "end": end}]
+    cfg = write_config(data, tmp_path / "deploy.yaml")
+
+    code, out, err = run(capsys, "rollback", "-c", cfg, "--reason", "5xx on /ws", "--json")
+    assert code == 0, err  # an emergency does not wait for the freeze to end
+    rolled = json.loads(out)
+    assert rolled["status"] == "succeeded"
+
+    code, out, err = run(capsys, "status", "-c", cfg, "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["pin"]["revision"] == good.previous and doc["pin"]["reason"] == "5xx on /ws"
+    assert doc["pin"]["active"] is True and doc["pin"]["rollback_id"] == doc["last_deploy"]["deploy_id"]
+    assert [(t["revision"], t["percent"]) for t in doc["traffic"] if t["percent"]] == [(good.previous, 100)]
+    assert (doc["last_deploy"]["operation"], doc["last_deploy"]["status"]) == ("rollback", "succeeded")
+    assert doc["last_succeeded"]["deploy_id"] == good.deploy_id  # the last successful *deploy*
+    # the config still asks for v2: status says a deploy would change the serving template back
+    [change] = doc["drift"]["changes"]
+    assert change["kind"] == "run.service"
+    assert '~ template.containers[0].image: "local/chat-backend:v1" → "local/chat-backend:v2"' in change["fields"]
+
+    code, out, _ = run(capsys, "status", "-c", cfg)
+    assert f"pin   traffic pinned to {good.previous}" in out and ": 5xx on /ws" in out
+
+    code, out, _ = run(capsys, "history", "-c", cfg, "--json")
+    deploys = json.loads(out)["deploys"]
+    assert [(d["operation"], d["status"]) for d in deploys] == [("rollback", "succeeded"), ("deploy", "succeeded")]
+    assert deploys[0]["revision"] == good.previous and deploys[0]["reason"] == "5xx on /ws"
+
+    code, out, _ = run(capsys, "why", "last", "-c", cfg)
+    assert code == 0 and out.startswith(f"rollback {deploys[0]['deploy_id']}")
+    assert f"rollback done: traffic moved to {good.previous}" in out and "decision pin: 5xx on /ws" in out
