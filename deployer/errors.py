@@ -17,6 +17,7 @@ The CLI prints ``error: <message>`` (and ``hint: <hint>``) and never a traceback
     ├── StateError                    exit 1  journal / state store problems
     │   ├── StaleStateError                   a state object's generation moved (compare-and-swap lost)
     │   ├── JournalError                      a journal that cannot be read or breaks its own rules
+    │   ├── CorruptStateError                 a state object that is there but cannot be parsed (never overwritten)
     │   ├── LockLostError                     our lease was taken or deleted while we held it
     │   └── LockHeldError             exit 4  another deploy holds the service lock
     ├── PinnedError                   exit 4  an emergency rollback pinned the service (``deploy --unpin``)
@@ -144,6 +145,11 @@ class StaleStateError(StateError):
 
 class JournalError(StateError):
     pass
+
+
+class CorruptStateError(StateError):
+    """A state object that exists but cannot be parsed (no generation header, not JSON): deployer never
+    overwrites or deletes it on its own; the message names the key (and the file)."""
 
 
 class LockLostError(StateError):

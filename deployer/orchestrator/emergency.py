@@ -54,7 +54,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -89,6 +89,7 @@ from deployer.plan import (
 from deployer.state import StateStore, open_store
 
 JSON = dict[str, Any]
+T = TypeVar("T")
 
 ROLLBACK = "rollback"  # the decision that records the target
 SUPERSEDED = "superseded"  # the decision written into a displaced deploy's journal
@@ -522,7 +523,7 @@ class EmergencyRollback:
             clock=options.clock,
         )
         self._mark("journal")
-        live = read.result()
+        live = self._unless_failed(journal, read.result)
         self._mark("read")
         if live is None:
             journal.finish("failed", "the service does not exist", why="not found")
@@ -531,7 +532,7 @@ class EmergencyRollback:
         revisions = None
         target = choose_target(live, journals, to_revision=options.to_revision)
         if target.revision is None and target.source == "previous revision":
-            revisions = self._revisions()
+            revisions = self._unless_failed(journal, self._revisions)
             target = choose_target(live, journals, to_revision=options.to_revision, revisions=revisions)
         preempted = displaced.deploy_id if displaced is not None and displaced.purpose == "deploy" else None
         result = RollbackResult(
@@ -583,6 +584,18 @@ class EmergencyRollback:
             pinned_at=options.clock(),
             revision_read=revision_read,
         )
+
+    @staticmethod
+    def _unless_failed(journal: Journal, read: Callable[[], T]) -> T:
+        """A read before the rollback acts; if it fails (the cloud unreachable, a 403, Ctrl-C), the journal is
+        finished as failed with nothing changed, so the next deploy is not told this rollback "died"."""
+        try:
+            return read()
+        except (DeployerError, KeyboardInterrupt) as exc:
+            why = exc.message if isinstance(exc, DeployerError) else "interrupted"
+            with contextlib.suppress(DeployerError):
+                journal.finish("failed", "nothing was changed", why=why)
+            raise
 
     def carry_out(
         self,

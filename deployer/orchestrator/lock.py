@@ -30,7 +30,7 @@ from typing import Any
 import structlog
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from deployer.errors import LockHeldError, LockLostError, StaleStateError, StateError
+from deployer.errors import CorruptStateError, LockHeldError, LockLostError, StaleStateError, StateError
 from deployer.orchestrator.owner import Owner
 from deployer.state import StateStore, check_key, dump_json, read_json
 
@@ -168,14 +168,20 @@ class ServiceLock:
         self.key = lock_key(service)
 
     def read(self) -> LockInfo | None:
-        got = read_json(self.store, self.key)
+        try:
+            got = read_json(self.store, self.key)
+        except CorruptStateError as exc:  # left as it is: only `unlock --force` removes it, journaled
+            raise CorruptStateError(
+                f"the lock {self.key} is unreadable: {exc.message}",
+                hint="inspect it; `deployer unlock --force --reason ...` removes it",
+            ) from exc
         if got is None:
             return None
         doc, generation = got
         try:
             return LockInfo.model_validate({**doc, "generation": generation})
         except (ValidationError, TypeError) as exc:
-            raise StateError(
+            raise CorruptStateError(
                 f"the lock {self.key} is unreadable",
                 hint=f"inspect it; `deployer unlock --force --reason ...` removes it ({exc.__class__.__name__})",
             ) from exc
@@ -255,6 +261,27 @@ class ServiceLock:
             f"{self.service}: the lock keeps changing hands; another deploy is taking it right now",
             hint="try again in a minute",
         )
+
+    def force_unlock_unreadable(self, *, reason: str, by: Owner) -> bool:
+        """Remove a lease that cannot be read (corrupt JSON, a wrong shape, a broken header): what
+        ``read`` refuses, ``unlock --force`` must still be able to clear. Conditional on the generation
+        when the store can tell it, so a lease rewritten meanwhile is not removed blind."""
+        try:
+            got = self.store.read(self.key)
+        except StateError:
+            generation = None  # not even a generation (a local file without deployer's header)
+        else:
+            if got is None:
+                return False
+            generation = got[1]
+        try:
+            removed = self.store.delete(self.key, if_generation=generation)
+        except StaleStateError as exc:
+            raise StateError(
+                f"the lock of {self.service} changed while it was being removed", hint="look at it again"
+            ) from exc
+        _log.warning("lock.forced_unlock", service=self.service, unreadable=True, reason=reason, by=by.describe())
+        return removed
 
     def force_unlock(self, *, reason: str, by: Owner) -> LockInfo | None:
         """Remove whatever lease is there (``deployer unlock --force --reason``); returns it, or

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from deployer.config import DeployConfig, load_config
-from deployer.errors import UsageError
+from deployer.errors import StateError, UsageError
 
 
 class _RecoveryEnviron(Mapping[str, str]):
@@ -83,6 +83,8 @@ def run_rollback(
 
     out = _out(stream)
     why = _reason(reason, "rollback")
+    if to_revision is not None and not to_revision.strip():  # `--to "$REV"` with REV unset: never the default
+        raise UsageError("--to needs a revision name (leave --to out to roll back to the last good revision)")
     ttl = parse_duration(pin_for) if pin_for else DEFAULT_PIN_TTL
     config = _load(path)
     _setup_logs(out)
@@ -204,7 +206,10 @@ def run_unlock(
     lock = ServiceLock(store, key)
     owner = Owner.current()
     now = datetime.now(UTC)
-    holder = lock.read()
+    try:
+        holder = lock.read()
+    except StateError as exc:  # an unreadable lease: --force removes it too, journaled with why
+        return _unlock_unreadable(store, lock, key, exc, why=why, owner=owner, json_out=json_out, out=out, path=path)
     if holder is None:
         out.write(json.dumps({"service": key, "unlocked": None}) + "\n" if json_out else f"{key} is not locked\n")
         return 0
@@ -227,5 +232,37 @@ def run_unlock(
     out.write(
         f"removed the lease of {holder.describe(now)}; journal {op_id}\n"
         f"if that {holder.purpose} died halfway, `deployer resume -c {path}` finishes or rolls it back\n"
+    )
+    return 0
+
+
+def _unlock_unreadable(
+    store: Any,
+    lock: Any,
+    key: str,
+    unreadable: StateError,
+    *,
+    why: str,
+    owner: Any,
+    json_out: bool,
+    out: TextIO,
+    path: str,
+) -> int:
+    from deployer.orchestrator.journal import FORCE_UNLOCK, Journal, new_deploy_id
+
+    op_id = new_deploy_id(datetime.now(UTC))
+    journal = Journal.begin(
+        store, service=key, deploy_id=op_id, config_digest="", owner=owner, operation="unlock", reason=why
+    )
+    journal.decision(FORCE_UNLOCK, why, holder=None, unreadable=unreadable.message, by=owner.describe())
+    removed = lock.force_unlock_unreadable(reason=why, by=owner)
+    journal.finish("succeeded", "removed an unreadable lease" if removed else "the lease was already gone")
+    if json_out:
+        doc = {"service": key, "unlocked": None, "unreadable": unreadable.message, "journal": op_id}
+        out.write(json.dumps(doc, indent=2) + "\n")
+        return 0
+    out.write(
+        f"removed the unreadable lease of {key} ({unreadable.message}); journal {op_id}\n"
+        f"if a deploy or rollback died halfway, `deployer resume -c {path}` finishes or rolls it back\n"
     )
     return 0

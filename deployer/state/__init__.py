@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from deployer.errors import StateError
+from deployer.errors import CorruptStateError, StateError
 
 if TYPE_CHECKING:
     from deployer.config import StateConfig
@@ -74,7 +74,7 @@ def read_json(store: StateStore, key: str) -> tuple[Any, int] | None:
     try:
         return json.loads(data), generation
     except ValueError as exc:
-        raise StateError(f"state object {key} is not valid JSON: {exc}") from exc
+        raise CorruptStateError(f"state object {key} is not valid JSON: {exc}") from exc
 
 
 def dump_json(doc: Any) -> bytes:

@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from deployer.errors import StaleStateError, StateError
+from deployer.errors import CorruptStateError, StaleStateError, StateError
 from deployer.state import check_key
 
 _HEADER_MAX = 200
@@ -75,7 +75,7 @@ class LocalStateStore:
         except (ValueError, KeyError, TypeError):
             generation = 0
         if generation <= 0:
-            raise StateError(
+            raise CorruptStateError(
                 f"state object {key} ({path}) has no valid generation header; it was not written by deployer"
             )
         return raw[newline + 1 :], generation
@@ -139,7 +139,10 @@ class LocalStateStore:
         if if_generation == 0:
             raise ValueError("delete with if_generation=0 can never succeed")
         with self._locked():
-            current = self._load(key)
+            if if_generation is None and path.is_file():
+                current: tuple[bytes, int] | None = (b"", 0)  # unconditional: even a file whose header is broken
+            else:
+                current = self._load(key)
             self._check(key, current[1] if current else None, if_generation)
             if current is None:
                 return False
