@@ -62,7 +62,7 @@ from deployer.config import DeployConfig
 from deployer.errors import CloudError, ConflictError, DeployerError, LockHeldError, StaleStateError
 from deployer.gcp import retry
 from deployer.gcp.clients import Clients
-from deployer.gcp.cloudrun import CloudRun
+from deployer.gcp.run_rest import RunRest
 from deployer.orchestrator import traffic
 from deployer.orchestrator.journal import (
     ADMIN_OPERATIONS,
@@ -102,6 +102,12 @@ _log = structlog.get_logger("deployer.rollback")
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def service_key(config: DeployConfig) -> str:
+    """The service's name in the state store: ``deploy.state_key`` (not imported: deploy.py brings the
+    gate, rich and more that the emergency path must not pay for)."""
+    return f"{config.project}/{config.region}/{config.service.name}"
 
 
 # ---- choosing the target (pure) ----------------------------------------------------------------------
@@ -437,14 +443,13 @@ def rollback(config: DeployConfig, options: RollbackOptions) -> RollbackResult:
 
 class EmergencyRollback:
     def __init__(self, config: DeployConfig, options: RollbackOptions) -> None:
-        from deployer.orchestrator.deploy import state_key  # light: deploy.py imports nothing heavy at top
-
         self.config = config
         self.options = options
         self.clients = Clients(endpoint=config.endpoint, project=config.project)
-        self.run_api = CloudRun(self.clients, policy=options.policy, read_policy=options.read_policy)
+        # plain REST, not run_v2: its import alone is ~0.3 s of an emergency's budget (run_rest.py)
+        self.run_api = RunRest(config.endpoint, policy=options.policy, read_policy=options.read_policy)
         self._compute: Any = None
-        self.key = state_key(config)
+        self.key = service_key(config)
         self.name = config.service_path
         self.timings: dict[str, float] = {}
         self._t0 = time.monotonic()
@@ -685,15 +690,7 @@ class EmergencyRollback:
         return out
 
     def _revisions(self) -> list[JSON]:
-        from deployer.gcp.observe import to_rest_json
-
-        client = self.clients.revisions()
-        found = retry.call(
-            lambda: list(client.list_revisions(parent=self.name)),
-            method="run.revisions.list",
-            policy=self.options.read_policy,
-        )
-        return [to_rest_json(r) for r in found]
+        return self.run_api.list_revisions(self.name)
 
     # ---- the traffic move ----------------------------------------------------------------------------------
     def _template(self, target: Target, live: JSON, revision_read: Future[JSON | None] | None) -> JSON:
@@ -764,7 +761,7 @@ class EmergencyRollback:
                         return landed
                 raise RollbackFailed(f"the traffic update failed: {exc}", changed=exc.outcome_unknown) from exc
             try:
-                after = wait_run_operation(self.clients, op, policy=self.options.read_policy)
+                after = self.run_api.wait(op)
             except CloudError as exc:
                 landed = self._landed(want)
                 if landed is not None:
@@ -951,7 +948,10 @@ class EmergencyRollback:
             result.status, result.exit_code = "failed", 1
             return result
         journal.decision(ROLLBACK, f"undo this rollback's own changes: {failed.why}")
-        report = Restorer(self.run_api, self.compute, journal).restore_all()
+        from deployer.gcp.cloudrun import CloudRun  # the failure path: run_v2's import cost does not matter
+
+        run = CloudRun(self.clients, policy=self.options.policy, read_policy=self.options.read_policy)
+        report = Restorer(run, self.compute, journal).restore_all()
         result.restored = [i.to_json() for i in report.items]
         result.remaining = report.remaining
         result.hints = report.hints
@@ -1025,49 +1025,6 @@ class EmergencyRollback:
         journal.gate("restored", verdict.outcome.value, verdict.to_json())
         self._mark("verified")
         return str(verdict.outcome.value)
-
-
-def wait_run_operation(clients: Clients, op: Any, *, policy: retry.RetryPolicy, timeout: float = OP_WAIT_S) -> JSON:
-    """Wait for a Cloud Run operation with ``operations.wait`` (one call that answers when it is done,
-    instead of polling: no poll interval to lose), then its Service or its error as a ``CloudError``."""
-    from google.longrunning import operations_pb2
-    from google.protobuf import duration_pb2
-
-    services = clients.services()
-    name = op.operation.name
-    deadline = time.monotonic() + timeout
-    while True:
-        left = max(1.0, deadline - time.monotonic())
-        request = operations_pb2.WaitOperationRequest(name=name, timeout=duration_pb2.Duration(seconds=int(left)))
-        raw = retry.call(
-            lambda req=request: services.wait_operation(request=req),  # type: ignore[misc]
-            method="run.operations.wait",
-            policy=policy,
-        )
-        if raw.done:
-            break
-        if time.monotonic() > deadline:
-            raise CloudError("the Cloud Run operation did not finish in time", method="run.operations.wait")
-    return operation_outcome(raw)
-
-
-def operation_outcome(raw: Any) -> JSON:
-    """A finished ``google.longrunning.Operation`` of Cloud Run: its Service (REST JSON), or its error as
-    a ``CloudError`` (a gRPC status: clientlibs.md §2a, e.g. 9 → FailedPrecondition)."""
-    from google.api_core import exceptions as gexc
-    from google.cloud.run_v2.types import Service
-
-    from deployer.gcp.cloudrun import UPDATE
-    from deployer.gcp.observe import to_rest_json
-
-    if raw.HasField("error"):
-        exc = gexc.from_grpc_status(raw.error.code, raw.error.message or "the operation failed")
-        err = retry.to_cloud_error(exc, method=UPDATE)
-        assert err is not None
-        raise err from exc
-    if not raw.HasField("response"):
-        raise CloudError("the Cloud Run operation finished with neither a response nor an error", method=UPDATE)
-    return to_rest_json(Service.deserialize(raw.response.value))
 
 
 def _show(served: Sequence[traffic.Served]) -> str:

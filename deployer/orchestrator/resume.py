@@ -478,7 +478,7 @@ class Resumer:
 
     def _resend(self, journal: Journal, fin: EffectState, current: JSON) -> JSON:
         """The finalize again, on the service exactly as the deploy left it (its etag checked)."""
-        from deployer.orchestrator.emergency import _STATUS_FIELDS, wait_run_operation
+        from deployer.orchestrator.emergency import _STATUS_FIELDS
 
         intended = fin.intended or {}
         body = {k: copy.deepcopy(v) for k, v in current.items() if k not in _STATUS_FIELDS}
@@ -497,7 +497,7 @@ class Resumer:
             op = self.run_api.update_service({**body, "name": self.name}, etag=etag)
             meta = self.run_api.metadata(op) or {}
             handle.done({"etag": meta.get("etag"), "step": "finalize (resume)"}, precondition=meta.get("etag"))
-        return wait_run_operation(self.clients, op, policy=self.options.read_policy)
+        return self.run_api.wait(op)
 
     def _gate(self, journal: Journal, target: str, service: Mapping[str, Any] | None) -> str:
         from deployer.gate import run_gate
