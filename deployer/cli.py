@@ -302,7 +302,7 @@ def _report(exc: Any) -> int:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that ``finally`` blocks and asyncio's task cancellation run."""
+    """SIGTERM where SIGINT is ignored: raised like Ctrl-C so that ``finally`` blocks run."""
 
 
 # What a signal ends the process with (128 + the signal number, the shell's convention).
@@ -310,8 +310,18 @@ INTERRUPTED_EXIT = 130
 TERMINATED_EXIT = 143
 
 
+_SIGTERM_SEEN: list[bool] = []
+
+
 def _on_sigterm(_signum: int, _frame: Any) -> None:
-    raise Terminated()
+    """SIGTERM is handled as Ctrl-C is: re-sent as SIGINT, so asyncio cancels its task cleanly (a Python
+    exception raised inside the event loop's callbacks would not); ``main`` tells the two apart."""
+    import signal
+
+    _SIGTERM_SEEN.append(True)
+    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL, None):
+        raise Terminated()  # SIGINT ignored (a background job): stop here instead
+    signal.raise_signal(signal.SIGINT)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -331,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     from deployer.errors import DeployerError
 
     args = list(sys.argv[1:] if argv is None else argv)
+    _SIGTERM_SEEN.clear()
     old_term = signal.getsignal(signal.SIGTERM)
     if old_term is signal.SIG_DFL and _main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
@@ -345,10 +356,10 @@ def main(argv: list[str] | None = None) -> int:
         return _report(exc)
     except typer.Exit as exc:
         return int(exc.exit_code or 0)
-    except Terminated:
-        print("error: terminated by SIGTERM before the command finished", file=sys.stderr)
-        return TERMINATED_EXIT
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Terminated) or _SIGTERM_SEEN:
+            print("error: terminated by SIGTERM before the command finished", file=sys.stderr)
+            return TERMINATED_EXIT
         print("error: interrupted by Ctrl-C (SIGINT) before the command finished", file=sys.stderr)
         return INTERRUPTED_EXIT
     except typer.Abort:

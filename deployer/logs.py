@@ -44,9 +44,24 @@ def cloud_logging_shape(_logger: Any, name: str, event_dict: MutableMapping[str,
     return event_dict
 
 
+class _StderrNow:
+    """Whatever ``sys.stderr`` is when a line is written (tests swap it; a bound stream would go stale)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def configure(*, json: bool | None = None, level: str = "info", stream: Any = None) -> None:
     """Configure structlog once per process. ``json=None`` picks JSON when the stream is not a TTY."""
-    out = stream or sys.stderr
+    # Default: whatever sys.stderr is at each write, not the object it is now (a test's captured stream
+    # closes; a logger bound to it would fail on the next event).
+    out: Any = stream or _StderrNow()
     if json is None:
         json = not (hasattr(out, "isatty") and out.isatty())
     processors: list[Any] = [
@@ -70,19 +85,6 @@ def configure(*, json: bool | None = None, level: str = "info", stream: Any = No
 def get_logger(**context: Any) -> Any:
     """A logger with ``context`` bound (deploy id, phase, service, ...)."""
     return structlog.get_logger().bind(**context)
-
-
-class _StderrNow:
-    """Whatever ``sys.stderr`` is when a line is written (tests swap it; a bound stream would go stale)."""
-
-    def write(self, text: str) -> int:
-        return sys.stderr.write(text)
-
-    def flush(self) -> None:
-        sys.stderr.flush()
-
-    def isatty(self) -> bool:
-        return sys.stderr.isatty()
 
 
 def ensure_configured() -> None:
