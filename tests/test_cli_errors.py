@@ -379,6 +379,10 @@ FAULTS: list[tuple[str, int, list[str], int, str]] = [
     ("run.services.get", 403, ["deploy", "--yes"], 1, "run.services.get: HTTP 403"),
     ("compute.backendServices.get", 403, ["deploy", "--yes"], 1, "compute.backendServices.get: HTTP 403"),
     ("run.services.get", 403, ["rollback", "--reason", "bad release"], 1, "run.services.get: HTTP 403"),
+    # a 404 on a read means "absent": a deploy refuses to create, a rollback has nothing to roll back
+    ("run.services.get", 404, ["deploy", "--yes"], 1, "does not exist; deployer deploys to existing resources"),
+    ("compute.backendServices.get", 404, ["deploy", "--yes"], 1, "chat-backend-bs does not exist"),
+    ("run.services.get", 404, ["rollback", "--reason", "bad release"], 1, "does not exist: there is nothing to roll"),
 ]
 
 
@@ -407,6 +411,7 @@ def test_a_cloud_error_is_one_line_and_leaves_no_lock_and_no_open_journal(
     assert got == code and says in line, err
     if status == 403:
         assert hint_of(err) == "hint: the account running deployer lacks a permission for this call.", err
+        assert line.endswith("HTTP 403: The caller does not have permission"), err  # Google's words, no URL
     assert mutating_since(world, mark) == []
     files = state_files(tmp_path / "state")
     assert LOCK not in files
@@ -417,8 +422,26 @@ def test_a_cloud_error_is_one_line_and_leaves_no_lock_and_no_open_journal(
         return
     # the rollback's journal says it failed with nothing changed, and a deploy is not told to resume it
     (only,) = list_deploys(store, KEY)
-    state = load(store, KEY, only)
-    assert state.status == "failed" and says in str(state.finished.detail if state.finished else "")
+    assert load(store, KEY, only).status == "failed"
+
+
+@pytest.mark.parametrize("status", [403, 404])
+def test_a_refused_candidate_update_is_a_rollback_that_says_why_without_the_url(
+    world: LocalCloud, tmp_path: Path, capsys: pytest.CaptureFixture[str], status: int
+) -> None:
+    from deployer.orchestrator.journal import list_deploys, load
+    from deployer.state.local import LocalStateStore
+
+    world.world.faults.add(FaultRule(method="run.services.patch", status=status, count=100))
+    cfg = write_config(tmp_path, world.endpoint)
+    code, out, err = run(["deploy", "-c", str(cfg), "--yes"], capsys)
+    assert code == 1 and "Traceback" not in err and "error:" not in err, err
+    why = next(line for line in out.splitlines() if line.strip().startswith("why:"))
+    assert "could not be created: run.services.patch: HTTP" in why and "http://" not in why, out
+    store = LocalStateStore(tmp_path / "state")
+    assert LOCK not in state_files(tmp_path / "state")
+    (deploy_id,) = list_deploys(store, KEY)
+    assert load(store, KEY, deploy_id).status in ("failed", "rolled_back")
 
 
 @pytest.mark.e2e  # a real process: imports, signals and its own stdout

@@ -26,6 +26,7 @@ Import cost: ``google.api_core.exceptions`` pulls in ``grpc`` (about 70 ms on th
 from __future__ import annotations
 
 import http.client
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -148,9 +149,14 @@ def _reason(exc: BaseException) -> str | None:
     return type(exc).__name__
 
 
+# api_core prefixes a REST error's message with the request ("PATCH https://run.googleapis.com/v2/...?
+# %24alt=json%3Benum-encoding%3Dint: ", clientlibs.md §3); the method name already says which call it was.
+_REQUEST_PREFIX = re.compile(r"^(?:GET|POST|PUT|PATCH|DELETE) \S+: ")
+
+
 def _detail(exc: BaseException) -> str:
     text = exc.message if isinstance(exc, gexc.GoogleAPICallError) else str(exc)
-    text = " ".join(str(text).split())  # one line, whatever the server sent
+    text = _REQUEST_PREFIX.sub("", " ".join(str(text).split()))  # one line, whatever the server sent
     return text[:300] + ("…" if len(text) > 300 else "") if text else type(exc).__name__
 
 

@@ -735,11 +735,14 @@ class Deployment:
         tag = self.config.rollout.tag
         new_traffic, pinned = traffic.no_traffic(live, run.revision, tag)
         body = _service_body(live, change.after or {}, template=template, traffic=new_traffic)
+        etag_before = run.etag
         try:
             result = await self._update_service(run, body, stop, label="candidate")
         except CloudError as exc:
+            # accepted (a new etag) and then failed to start, or refused outright (a 403, a 400): say which
+            what = "did not become Ready" if run.etag != etag_before else "could not be created"
             raise CloudError(
-                f"candidate revision {run.revision} did not become Ready: {exc}", method=exc.method, status=exc.status
+                f"candidate revision {run.revision} {what}: {exc}", method=exc.method, status=exc.status
             ) from exc
         if traffic.short(result.get("latestReadyRevision")) != run.revision:
             raise CloudError(
