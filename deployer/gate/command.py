@@ -52,7 +52,7 @@ def build_spec(
     if bearer_env is not None and not env.get(bearer_env):
         raise UsageError(f"environment variable {bearer_env} (--bearer-env) is empty or not set")
     if ca_file is not None and not os.path.isfile(ca_file):
-        raise UsageError(f"--ca-file {ca_file}: no such file")
+        raise UsageError(f"--ca-file {ca_file}: " + ("is a directory" if os.path.isdir(ca_file) else "no such file"))
     thresholds = Thresholds(
         min_samples=min_samples,
         max_failure_ratio=max_failure_ratio,

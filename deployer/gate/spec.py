@@ -103,7 +103,8 @@ class GateSpec:
             raise UsageError(f"--hold must be 0 or more seconds (got {self.hold_s})")
         for name in ("open_timeout_s", "ping_timeout_s", "app_timeout_s", "close_timeout_s"):
             if getattr(self, name) <= 0:
-                raise UsageError(f"{name} must be positive (got {getattr(self, name)})")
+                flag = "--" + name.removesuffix("_s").replace("_", "-")  # open_timeout_s → --open-timeout
+                raise UsageError(f"{flag} must be a positive number of seconds (got {getattr(self, name)})")
         if (self.send is None) != (self.expect is None):
             raise UsageError("--send and --expect go together (send a message, expect a reply matching a regex)")
         if self.expect is not None:
