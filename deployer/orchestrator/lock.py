@@ -358,8 +358,8 @@ class Lease:
         generation we last wrote: what a deploy calls right before each mutating call."""
         self.check()
         lock = self._lock_ref
-        current = lock.read()
-        with self._mutex:
+        with self._mutex:  # not between a heartbeat's write and its record of the new generation
+            current = lock.read()
             ours = current is not None and current.generation == self._info.generation and not self.released
         if not ours:
             raise self._lost("it was taken or removed")
