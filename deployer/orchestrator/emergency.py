@@ -259,7 +259,11 @@ def template_from_revision(revision: Mapping[str, Any]) -> JSON:
 
     Doubt: Google does not document re-sending a revision's own template under its name; Knative treats
     it as that revision (rollback.py says the same), and a different configuration is a 409 (§4.5)."""
-    template: JSON = {k: copy.deepcopy(revision[k]) for k in _TEMPLATE_FIELDS if k in revision}
+    # A false boolean is the default: a revision renders one (e.g. gpuZonalRedundancyDisabled) that its
+    # template never set, and sending it would be "a different configuration" (409, §4.5).
+    template: JSON = {
+        k: copy.deepcopy(revision[k]) for k in _TEMPLATE_FIELDS if k in revision and revision[k] is not False
+    }
     for key in ("labels", "annotations"):
         if key in template:
             template[key] = {k: v for k, v in template[key].items() if not k.startswith(_SYSTEM_PREFIXES)}
@@ -746,12 +750,14 @@ class EmergencyRollback:
                     handle.done({"etag": meta.get("etag"), "step": "rollback"}, precondition=meta.get("etag"))
                 self._mark("update_sent")
             except ConflictError as exc:
-                if attempt > CONFLICT_RETRIES:
-                    raise RollbackFailed(f"the service kept changing under the rollback: {exc}", changed=False) from exc
-                self.log.warning("rollback.conflict", attempt=attempt, error=str(exc))
                 fresh = self.run_api.get_service(self.name)
                 if fresh is None:
                     raise RollbackFailed("the service disappeared", changed=False) from exc
+                if fresh.get("etag") == etag:  # not a write in between (e.g. a revision name clash): final
+                    raise RollbackFailed(f"the traffic update was refused: {exc}", changed=False) from exc
+                if attempt > CONFLICT_RETRIES:
+                    raise RollbackFailed(f"the service kept changing under the rollback: {exc}", changed=False) from exc
+                self.log.warning("rollback.conflict", attempt=attempt, error=str(exc))
                 current = fresh
                 continue
             except CloudError as exc:
