@@ -543,6 +543,41 @@ def test_a_corrupt_journal_is_kept_and_named(
     assert journal.read_bytes() == b'{"generation": 5}\n{"format": 1, "records": ['
 
 
+@pytest.mark.parametrize("command", [["deploy", "--yes"], ["resume"]], ids=lambda c: " ".join(c))
+def test_an_unreadable_newest_journal_stops_deploy_and_resume_and_is_kept(
+    world: LocalCloud, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    """Whether that operation finished is unknown: acting over it could build on a half-changed service."""
+    journal = tmp_path / "state" / JOURNALS / "d-20261126-100000-abcd.json"
+    journal.parent.mkdir(parents=True)
+    damaged = b'{"generation": 5}\n{"format": 1, "records": ['
+    journal.write_bytes(damaged)
+    cfg = write_config(tmp_path, world.endpoint)
+    mark = len(world.world.requests)
+    code, _out, err = run([command[0], "-c", str(cfg), *command[1:]], capsys)
+    line = one_error(err)
+    assert code == 1 and "the newest journal d-20261126-100000-abcd cannot be read" in line, err
+    assert "move it out of the state store" in (hint_of(err) or "")
+    assert journal.read_bytes() == damaged and LOCK not in state_files(tmp_path / "state")
+    assert mutating_since(world, mark) == []
+
+
+def test_an_older_unreadable_journal_does_not_block(
+    world: LocalCloud, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state"
+    old = state / JOURNALS / "d-20261126-100000-abcd.json"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"damaged")
+    cfg = write_config(tmp_path, world.endpoint)
+    # a newer, finished operation (an unlock --force of a stale lease) is what resume looks at
+    (state / LOCK).parent.mkdir(parents=True)
+    (state / LOCK).write_bytes(b"garbage")
+    assert run(["unlock", "-c", str(cfg), "--force", "--reason", "stale"], capsys)[0] == 0
+    code, out, err = run(["resume", "-c", str(cfg)], capsys)
+    assert code == 0 and "nothing to resume" in out and "error:" not in err, out + err
+
+
 # ---- Ctrl-C and SIGTERM: one line, the shell's exit codes, nothing left behind -----------------------------
 
 

@@ -45,7 +45,7 @@ from typing import Any, Literal
 import structlog
 
 from deployer.config import DeployConfig
-from deployer.errors import CloudError, DeployerError, LockHeldError
+from deployer.errors import CloudError, CorruptStateError, DeployerError, JournalError, LockHeldError
 from deployer.gcp import retry
 from deployer.gcp.clients import Clients
 from deployer.gcp.cloudrun import CloudRun
@@ -58,6 +58,7 @@ from deployer.orchestrator.journal import (
     FinalStatus,
     Journal,
     JournalState,
+    journal_key,
     list_deploys,
     load,
     what_to_undo,
@@ -262,7 +263,13 @@ class Resumer:
             target_id = holder.deploy_id
             try:
                 load(store, self.key, target_id)
-            except DeployerError:
+            except DeployerError as exc:
+                if _journal_exists(store, self.key, target_id):  # there, but unreadable: not "died before it"
+                    raise JournalError(
+                        f"{self.key}: the journal of {target_id}, which holds the lock, cannot be read, so what it "
+                        f"changed is unknown: {exc.message}",
+                        hint=UNREADABLE_JOURNAL_HINT,
+                    ) from exc
                 return self._stale_lease(lock, holder, owner)
         else:
             newest = newest_operation(store, self.key)
@@ -611,9 +618,35 @@ def newest_first(store: StateStore, key: str) -> Iterator[JournalState]:
         yield from sorted(group, key=lambda st: st.started.at, reverse=True)
 
 
+UNREADABLE_JOURNAL_HINT = (
+    "inspect it (`deployer history` lists it as unreadable); once the service, the backend service and the "
+    "Cloud Armor rules are checked by hand, move it out of the state store (deployer never deletes it)"
+)
+
+
+def _journal_exists(store: StateStore, key: str, deploy_id: str) -> bool:
+    try:
+        return store.read(journal_key(key, deploy_id)) is not None
+    except CorruptStateError:
+        return True
+
+
 def newest_operation(store: StateStore, key: str) -> JournalState | None:
     """The newest deploy or rollback journal (finished ``unlock`` / ``unpin`` journals skipped): the one
-    that must be finished before anything else acts on the service."""
+    that must be finished before anything else acts on the service.
+
+    The newest journal unreadable (damaged by hand or on disk) is ``JournalError``: whether that operation
+    finished is unknown, and skipping it would let a deploy act over what it may have left half-changed."""
+    ids = list_deploys(store, key)
+    if ids:
+        try:
+            load(store, key, ids[0])
+        except DeployerError as exc:
+            raise JournalError(
+                f"{key}: the newest journal {ids[0]} cannot be read, so whether that operation finished is "
+                f"unknown: {exc.message}",
+                hint=UNREADABLE_JOURNAL_HINT,
+            ) from exc
     for state in newest_first(store, key):
         if state.started.operation not in ADMIN_OPERATIONS or not state.is_finished:
             return state
