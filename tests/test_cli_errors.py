@@ -191,6 +191,31 @@ def test_a_wrong_flag_is_one_line_and_reads_nothing(
         ), err
 
 
+@pytest.mark.parametrize(
+    ("args", "says", "hint"),
+    [
+        (["--api-port", "BUSY"], "cannot listen on 127.0.0.1:BUSY: Address already in use", "--api-port"),
+        (["--api-port", "0", "--lb-port", "BUSY"], "for the load balancer: Address already in use", "--lb-port"),
+        (["--host", "192.0.2.1", "--api-port", "0"], "this machine has no address 192.0.2.1", "--host 127.0.0.1"),
+        (["--host", "no-such-host.invalid", "--api-port", "0"], "cannot resolve no-such-host.invalid", "--host"),
+        (["--api-port", "0", "--seed", "TMP/nope.yaml"], "cannot read seed file", None),
+    ],
+    ids=["busy api port", "busy lb port", "foreign address", "unresolvable host", "missing seed"],
+)
+def test_localcloud_up_that_cannot_start_says_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], says: str, hint: str | None
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        argv = ["localcloud", "up", *(a.replace("BUSY", port).replace("TMP", str(tmp_path)) for a in args)]
+        code, out, err = run(argv, capsys)
+    assert code == 1 and says.replace("BUSY", port) in one_error(err), err
+    assert hint is None or hint in (hint_of(err) or ""), err
+    assert "local cloud stopped" not in out  # it never started
+
+
 # ---- configs that cannot be loaded: exit 2 naming the file, for every command, before any call -----------
 
 BAD_CONFIGS: dict[str, tuple[bytes | None, str]] = {

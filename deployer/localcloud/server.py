@@ -260,11 +260,9 @@ class LocalCloud:
         try:
             await site.start()
         except OSError as exc:
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
-            raise LocalCloudError(
-                f"cannot listen on {self.host}:{self._api_port}: {reason}",
-                hint="another process holds that port; pick another with --api-port (0 = any free port)",
-            ) from exc
+            from deployer.localcloud.listen import listen_error
+
+            raise listen_error(self.host, self._api_port, exc) from exc
         self._runners.append(runner)
         self.api_port = runner.addresses[0][1]
         if self.runtime is not None and hasattr(self.runtime, "api_url"):

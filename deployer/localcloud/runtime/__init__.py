@@ -18,7 +18,6 @@ from typing import Any
 
 from aiohttp import web
 
-from deployer.errors import LocalCloudError
 from deployer.localcloud.world import World
 
 
@@ -44,7 +43,9 @@ async def start_runtime(
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        raise LocalCloudError(f"cannot listen on {host}:{lb_port} for the load balancer: {exc.strerror}") from exc
+        from deployer.localcloud.listen import listen_error
+
+        raise listen_error(host, lb_port, exc, what=" for the load balancer", flag="--lb-port") from exc
     port = runner.addresses[0][1]
     world.runtime = runtime
     world.apis["runtime"] = RuntimeHook(runtime, lb)
