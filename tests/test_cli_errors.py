@@ -518,6 +518,43 @@ def test_a_state_directory_that_cannot_be_created_is_one_line_and_changes_nothin
     assert blocker.read_text() == "not a directory\n"
 
 
+def gcs_config(tmp_path: Path, endpoint: str, bucket: str) -> Path:
+    cfg = write_config(tmp_path, endpoint)
+    text = cfg.read_text()
+    local = f"state:\n  backend: local\n  path: {tmp_path / 'state'}"
+    assert local in text
+    cfg.write_text(text.replace(local, f"state: {{backend: gcs, bucket: {bucket}, prefix: team}}"))
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "command", [["deploy", "--yes"], ["status"], ["history"], ["unlock", "--force", "--reason", "stuck"]], ids=" ".join
+)
+def test_a_missing_state_bucket_is_one_line_with_how_to_create_it(
+    world: LocalCloud, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    cfg = gcs_config(tmp_path, world.endpoint, "no-such-bucket")
+    mark = len(world.world.requests)
+    code, _out, err = run([command[0], "-c", str(cfg), *command[1:]], capsys)
+    assert (
+        code == 1 and one_error(err) == "error: state bucket no-such-bucket does not exist (gs://no-such-bucket/team/)"
+    )
+    assert "gcloud storage buckets create gs://no-such-bucket" in (hint_of(err) or "")
+    assert [c for c in mutating_since(world, mark) if not c.startswith("GET ")] == []
+
+
+def test_a_forbidden_state_bucket_quotes_google_not_the_json_body(
+    world: LocalCloud, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    world.world.faults.add(FaultRule(method="storage.*", status=403, count=100))
+    cfg = gcs_config(tmp_path, world.endpoint, "deployer-state")
+    code, _out, err = run(["deploy", "-c", str(cfg), "--yes"], capsys)
+    line = one_error(err)
+    assert code == 1 and line.startswith(f"error: cannot read state {LOCK} in gs://deployer-state/team/"), err
+    assert line.endswith("storage.objects.get: HTTP 403: The caller does not have permission"), err
+    assert hint_of(err) == "hint: the account running deployer lacks a permission for this call."
+
+
 CORRUPT_LOCKS = {
     "no header": b"garbage\n",
     "not JSON": b'{"generation": 5}\n{{{',

@@ -26,6 +26,7 @@ Import cost: ``google.api_core.exceptions`` pulls in ``grpc`` (about 70 ms on th
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import time
 from collections.abc import Callable
@@ -154,9 +155,22 @@ def _reason(exc: BaseException) -> str | None:
 _REQUEST_PREFIX = re.compile(r"^(?:GET|POST|PUT|PATCH|DELETE) \S+: ")
 
 
+def _google_message(text: str) -> str:
+    """Google's ``error.message`` when ``text`` starts with a JSON error body (google-cloud-storage's
+    downloads put the raw body in the exception, then the status it expected), else ``text``."""
+    if not text.lstrip().startswith("{"):
+        return text
+    try:
+        message = json.JSONDecoder().raw_decode(text.lstrip())[0]["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return text
+    return str(message) if message else text
+
+
 def _detail(exc: BaseException) -> str:
-    text = exc.message if isinstance(exc, gexc.GoogleAPICallError) else str(exc)
-    text = _REQUEST_PREFIX.sub("", " ".join(str(text).split()))  # one line, whatever the server sent
+    text = str(exc.message if isinstance(exc, gexc.GoogleAPICallError) else exc)
+    text = _google_message(_REQUEST_PREFIX.sub("", text.strip()))
+    text = " ".join(text.split())  # one line, whatever the server sent
     return text[:300] + ("…" if len(text) > 300 else "") if text else type(exc).__name__
 
 

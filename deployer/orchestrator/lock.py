@@ -268,7 +268,7 @@ class ServiceLock:
         when the store can tell it, so a lease rewritten meanwhile is not removed blind."""
         try:
             got = self.store.read(self.key)
-        except StateError:
+        except CorruptStateError:
             generation = None  # not even a generation (a local file without deployer's header)
         else:
             if got is None:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from deployer.config import DeployConfig, load_config
-from deployer.errors import StateError, UsageError
+from deployer.errors import CorruptStateError, StateError, UsageError
 
 
 class _RecoveryEnviron(Mapping[str, str]):
@@ -208,7 +208,7 @@ def run_unlock(
     now = datetime.now(UTC)
     try:
         holder = lock.read()
-    except StateError as exc:  # an unreadable lease: --force removes it too, journaled with why
+    except CorruptStateError as exc:  # an unreadable lease: --force removes it too, journaled with why
         return _unlock_unreadable(store, lock, key, exc, why=why, owner=owner, json_out=json_out, out=out, path=path)
     if holder is None:
         out.write(json.dumps({"service": key, "unlocked": None}) + "\n" if json_out else f"{key} is not locked\n")
