@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from deployer.cli import main
 from deployer.gcp import retry
@@ -61,6 +62,18 @@ def world(cloud: LocalCloud) -> LocalCloud:
 def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A config without ``state:`` keeps ``.deployer/`` in the current directory: never the repository's."""
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """Commands configure structlog for their process (``deploy``: info, ``rollback``: warning); in this one
+    test process, put it back so later tests' ``capture_logs`` see the levels they expect."""
+    was_configured, config = structlog.is_configured(), structlog.get_config()
+    yield
+    if was_configured:
+        structlog.configure(**config)
+    else:
+        structlog.reset_defaults()
 
 
 @pytest.fixture
