@@ -1,5 +1,5 @@
-"""The emergency rollback's pure parts: which revision (``choose_target``), the traffic and template it
-writes, and when an update already landed. The command itself runs in tests/e2e."""
+"""The emergency rollback's pure parts (``rollback_target``): which revision (``choose_target``), the
+traffic and template it writes, and when an update already landed. The command runs in tests/e2e."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from typing import Any
 
 from deployer.errors import CloudError
 from deployer.orchestrator import traffic
-from deployer.orchestrator.emergency import (
+from deployer.orchestrator.journal import Journal, JournalState, restore_targets
+from deployer.orchestrator.owner import Owner
+from deployer.orchestrator.rollback_target import (
     Target,
     already_moved,
     choose_target,
@@ -18,8 +20,6 @@ from deployer.orchestrator.emergency import (
     template_from_revision,
     want_of,
 )
-from deployer.orchestrator.journal import Journal, JournalState, restore_targets
-from deployer.orchestrator.owner import Owner
 from deployer.plan import (
     ANNOTATION_DEPLOY_ID,
     ANNOTATION_LAST_GOOD,
