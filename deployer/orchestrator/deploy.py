@@ -57,6 +57,7 @@ from deployer.errors import (
     PinnedError,
     PreflightError,
     StaleStateError,
+    StateError,
     UsageError,
 )
 from deployer.gate import GateSpec, Outcome, Verdict, run_gate
@@ -481,8 +482,10 @@ class Deployment:
         preempted: str | None = None
         while True:
             if not lease.lost.is_set() and preempted is None:
-                with contextlib.suppress(LockLostError, StaleStateError):
-                    await asyncio.to_thread(lease.confirm)  # a state read: did a rollback take the lock?
+                # a state read: did a rollback take the lock? (a store that cannot answer now is not a lost
+                # lease: the heartbeat and the check before the next write still decide)
+                with contextlib.suppress(StateError):
+                    await asyncio.to_thread(lease.confirm)
             if lease.lost.is_set():
                 preempted = "this deploy lost its lock (an emergency rollback or unlock --force took it)"
             step = next_step(
