@@ -30,6 +30,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import re
+import stat
 import types
 import typing
 from collections.abc import Mapping
@@ -636,12 +637,22 @@ def parse_key(key: str) -> tuple[str | int, ...]:
 # ---- loading ------------------------------------------------------------------------------------
 
 
+# Far above any real config (configs/staging.yaml is ~5 KiB); it only stops `-c /dev/zero`-like inputs.
+CONFIG_MAX_BYTES = 1024 * 1024
+
+
 def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> DeployConfig:
     """Read, parse and validate a config file. Every problem is a ``ConfigError`` (file:line: key: what)."""
     p = Path(path)
     name = str(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        if stat.S_ISCHR(p.stat().st_mode) or stat.S_ISBLK(p.stat().st_mode):
+            raise ConfigError("is a device, not a config file", file=name)
+        with p.open("rb") as fh:  # a pipe is fine (`-c /dev/stdin`); an endless stream is cut off
+            raw = fh.read(CONFIG_MAX_BYTES + 1)
+        if len(raw) > CONFIG_MAX_BYTES:
+            raise ConfigError(f"is larger than {CONFIG_MAX_BYTES // 1024} KiB; a deploy config is a few KiB", file=name)
+        text = raw.decode("utf-8")
     except FileNotFoundError as exc:
         raise ConfigError(
             "no such file", file=name, hint="pass the config with -c, e.g. -c configs/staging.yaml"

@@ -236,6 +236,8 @@ BAD_CONFIGS: dict[str, tuple[bytes | None, str]] = {
     "directory": (b"<dir>", "is a directory"),
     "empty": (b"", "got an empty file"),
     "binary": (b"\xff\xfe\x00\x01 config", "not UTF-8 text"),
+    "endless": (b"<device>", "is a device, not a config file"),
+    "huge": (b"a: 1\n" * 300_000, "is larger than 1024 KiB"),
     "a list": (b"- project\n- region\n", "got a list"),
     "wrong types": (b"project: [1, 2]\nregion: us-central1\nservice: {name: s, image: x}\n", "project:"),
     "broken YAML": (b"project: [\n", "not valid YAML"),
@@ -278,7 +280,9 @@ def test_a_config_that_cannot_be_loaded_is_exit_2_naming_the_file(
 ) -> None:
     content, says = BAD_CONFIGS[kind]
     path = tmp_path / "bad.yaml"
-    if content == b"<dir>":
+    if content == b"<device>":
+        path = Path("/dev/zero")  # reading it would never end
+    elif content == b"<dir>":
         path.mkdir()
     elif content is not None:
         path.write_bytes(content)
