@@ -30,6 +30,7 @@ from deployer.model import DesiredState, Observed
 from deployer.redact import NO_MASK, SecretMask, is_masked
 
 PLAN_FORMAT: Literal[1] = 1
+PLAN_FILE_MAX_BYTES = 16 * 1024 * 1024  # far above any plan; stops `--plan /dev/zero`
 
 # Resource kinds (``Change.kind``): API family, then the REST collection's singular name.
 RUN_SERVICE = "run.service"
@@ -314,7 +315,11 @@ class Plan(BaseModel):
         if not path.strip():
             raise PlanFileError("--plan needs a file name (a plan saved with `deployer plan --out FILE`)")
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            with Path(path).open("rb") as fh:  # a plan is KiBs; never read a device or an endless stream whole
+                raw = fh.read(PLAN_FILE_MAX_BYTES + 1)
+            if len(raw) > PLAN_FILE_MAX_BYTES:
+                raise PlanFileError(f"{path}: not a plan: larger than {PLAN_FILE_MAX_BYTES // (1024 * 1024)} MiB")
+            text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise PlanFileError(f"{path}: not a plan: not UTF-8 text (byte {exc.start})") from exc
         except IsADirectoryError as exc:

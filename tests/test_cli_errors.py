@@ -212,8 +212,10 @@ def test_a_wrong_flag_is_one_line_and_reads_nothing(
         (["--host", "192.0.2.1", "--api-port", "0"], "this machine has no address 192.0.2.1", "--host 127.0.0.1"),
         (["--host", "no-such-host.invalid", "--api-port", "0"], "cannot resolve no-such-host.invalid", "--host"),
         (["--api-port", "0", "--seed", "TMP/nope.yaml"], "cannot read seed file", None),
+        (["--api-port", "0", "--seed", sys.executable], "is not UTF-8 text", None),
+        (["--api-port", "0", "--seed", "/dev/zero"], "is larger than 16 MiB", None),
     ],
-    ids=["busy api port", "busy lb port", "foreign address", "unresolvable host", "missing seed"],
+    ids=["busy api port", "busy lb port", "foreign address", "unresolvable host", "missing seed", "binary", "endless"],
 )
 def test_localcloud_up_that_cannot_start_says_why(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], says: str, hint: str | None
@@ -313,6 +315,7 @@ PLAN_FILES: dict[str, tuple[str, str]] = {
     "empty name": ("<empty>", "--plan needs a file name"),
     "directory": ("<dir>", "is a directory"),
     "binary": ("<binary>", "not UTF-8 text"),
+    "endless": ("<device>", "larger than 16 MiB"),
     "not JSON": ("{{{", "not JSON"),
     "not a plan": ("{}", "not a deployer plan"),
     "another format": ('{"format": 99}', "plan format 99 is not supported"),
@@ -333,6 +336,8 @@ def test_a_bad_saved_plan_is_refused_before_any_lock_or_call(
         plan = Path("")
     elif content == "<dir>":
         plan.mkdir()
+    elif content == "<device>":
+        plan = Path("/dev/zero")
     elif content == "<binary>":
         plan.write_bytes(b"\x7fELF\x02\x01\x01\x00\xd0\xff")
     elif content == "<masked>":

@@ -168,12 +168,21 @@ def build_app(world: World, routes: Iterable[Route] | None = None, *, log_reques
     return app
 
 
+SEED_MAX_BYTES = 16 * 1024 * 1024  # far above any world (configs/local-world.yaml is ~6 KiB)
+
+
 def load_seed_file(path: str | Path) -> dict[str, Any]:
     import yaml
 
     p = Path(path)
     try:
-        doc = yaml.safe_load(p.read_text())
+        with p.open("rb") as fh:  # never read a device (/dev/zero) or an endless stream whole
+            raw = fh.read(SEED_MAX_BYTES + 1)
+        if len(raw) > SEED_MAX_BYTES:
+            raise LocalCloudError(f"seed file {p} is larger than {SEED_MAX_BYTES // (1024 * 1024)} MiB")
+        doc = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise LocalCloudError(f"seed file {p} is not UTF-8 text (byte {exc.start})") from exc
     except OSError as exc:
         raise LocalCloudError(f"cannot read seed file {p}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
