@@ -378,7 +378,9 @@ def test_plan_against_a_dead_endpoint_names_it_and_how_to_start_it(tmp_path: Pat
 
 
 @pytest.mark.parametrize(
-    "command", [["check", "--live"], ["plan"], ["plan", "--json"], ["status"]], ids=lambda c: " ".join(c)
+    "command",
+    [["check", "--live"], ["plan"], ["plan", "--json"], ["status"], ["deploy", "--if-changed"]],
+    ids=lambda c: " ".join(c),
 )
 def test_reads_against_a_dead_endpoint_are_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], fast_reads: None, command: list[str]

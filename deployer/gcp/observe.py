@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -77,9 +79,31 @@ def _backend_reader(group: str, negs_client: Any, policy: retry.RetryPolicy) -> 
     )
 
 
+class _Stopped(Exception):
+    """A sibling read already failed, or the command was interrupted: stop retrying this one."""
+
+
+def _stoppable(policy: retry.RetryPolicy, stop: threading.Event) -> retry.RetryPolicy:
+    """``policy`` whose waits between retries end (raising ``_Stopped``) once ``stop`` is set: when one read
+    has failed for good or Ctrl-C arrived, the others do not keep retrying for their whole budget (the
+    command would otherwise exit, and print their retries, seconds after its error line)."""
+
+    def sleep(seconds: float) -> None:
+        if policy.sleep is time.sleep:
+            stopped = stop.wait(seconds)
+        else:  # an injected sleep (tests): keep it, and look at the flag after it
+            policy.sleep(seconds)
+            stopped = stop.is_set()
+        if stopped:
+            raise _Stopped("observe stopped")
+
+    return policy.with_(sleep=sleep)
+
+
 def observe(config: DeployConfig, clients: Clients, *, policy: retry.RetryPolicy | None = None) -> Observed:
     """Everything ``config`` touches, as it is live now."""
-    pol = policy or retry.READ_POLICY
+    stop = threading.Event()
+    pol = _stoppable(policy or retry.READ_POLICY, stop)
     project, lb, armor = config.project, config.load_balancer, config.armor
     # Build the clients here, on one thread (each imports its library once).
     services, revisions = clients.services(), clients.revisions()
@@ -107,17 +131,23 @@ def observe(config: DeployConfig, clients: Clients, *, policy: retry.RetryPolicy
             lambda: policies.get(project=project, security_policy=policy_name), "compute.securityPolicies.get", pol
         )
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="observe") as pool:
-        got = dict(zip(first, pool.map(lambda f: f(), first.values()), strict=True))
+        try:
+            got = dict(zip(first, pool.map(lambda f: f(), first.values()), strict=True))
 
-        second: list[Callable[[], JSON | None]] = []
-        service = got.get("service")
-        revision_name = serving_revision_name(service, config.service_path) if service else None
-        if revision_name:
-            second.append(lambda: _read(lambda: revisions.get_revision(name=revision_name), "run.revisions.get", pol))
-        backend = got.get("backend_service")
-        for backend_ref in (backend or {}).get("backends") or []:
-            second.append(_backend_reader(str(backend_ref.get("group", "")), negs_client, pol))
-        results = list(pool.map(lambda f: f(), second))
+            second: list[Callable[[], JSON | None]] = []
+            service = got.get("service")
+            revision_name = serving_revision_name(service, config.service_path) if service else None
+            if revision_name:
+                second.append(
+                    lambda: _read(lambda: revisions.get_revision(name=revision_name), "run.revisions.get", pol)
+                )
+            backend = got.get("backend_service")
+            for backend_ref in (backend or {}).get("backends") or []:
+                second.append(_backend_reader(str(backend_ref.get("group", "")), negs_client, pol))
+            results = list(pool.map(lambda f: f(), second))
+        except BaseException:
+            stop.set()  # the first failure (or Ctrl-C) is the answer: the other reads stop at their next wait
+            raise
 
     serving = results.pop(0) if revision_name else None
     return Observed(
