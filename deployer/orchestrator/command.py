@@ -48,6 +48,7 @@ def make_live_plan(config: DeployConfig) -> tuple[Any, Any, list[str]]:
     from deployer.state import open_store
 
     clients = Clients(endpoint=config.endpoint, project=config.project)
+    store = open_store(config.state, clients)  # first: an unusable state path is refused before any call
     observed = observe(config, clients)
     findings = run_rules(config, observed)
     errors = [f for f in findings if f.severity is Severity.ERROR]
@@ -58,7 +59,6 @@ def make_live_plan(config: DeployConfig) -> tuple[Any, Any, list[str]]:
             hint=f"`deployer check -c {config.source.file} --live` shows each rule and its fix",
         )
     warnings = [f"{f.code} {f.field}: {f.message}" for f in findings if f.severity is Severity.WARNING]
-    store = open_store(config.state, clients)
     last, owned = last_deploy(store, state_key(config), observed.service)
     if observed.service is not None:
         found = traffic.drift(observed.service, last)
