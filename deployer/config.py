@@ -645,6 +645,10 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
     """Read, parse and validate a config file. Every problem is a ``ConfigError`` (file:line: key: what)."""
     p = Path(path)
     name = str(path)
+    if not name.strip():  # `-c "$CONFIG"` with CONFIG unset: Path("") is the current directory
+        raise ConfigError(
+            "no config file named (-c is empty)", hint="pass the config with -c, e.g. -c configs/staging.yaml"
+        )
     try:
         if stat.S_ISCHR(p.stat().st_mode) or stat.S_ISBLK(p.stat().st_mode):
             raise ConfigError("is a device, not a config file", file=name)

@@ -235,6 +235,7 @@ def test_localcloud_up_that_cannot_start_says_why(
 
 BAD_CONFIGS: dict[str, tuple[bytes | None, str]] = {
     "missing": (None, "no such file"),
+    "empty name": (b"<empty-name>", "no config file named (-c is empty)"),
     "directory": (b"<dir>", "is a directory"),
     "empty": (b"", "got an empty file"),
     "binary": (b"\xff\xfe\x00\x01 config", "not UTF-8 text"),
@@ -284,15 +285,18 @@ def test_a_config_that_cannot_be_loaded_is_exit_2_naming_the_file(
     path = tmp_path / "bad.yaml"
     if content == b"<device>":
         path = Path("/dev/zero")  # reading it would never end
+    elif content == b"<empty-name>":
+        path = Path("")
     elif content == b"<dir>":
         path.mkdir()
     elif content is not None:
         path.write_bytes(content)
     os.environ.pop("DEPLOYER_TEST_UNSET_VAR", None)
     mark = len(world.world.requests)
-    code, _out, err = run([command[0], "-c", str(path), *command[1:]], capsys)
+    shown = "" if content == b"<empty-name>" else str(path)
+    code, _out, err = run([command[0], "-c", shown, *command[1:]], capsys)
     line = one_error(err)
-    assert code == 2 and line.startswith(f"error: {path}") and says in line, err
+    assert code == 2 and line.startswith(f"error: {shown or '<config>'}") and says in line, err
     assert calls_since(world, mark) == []
 
 
