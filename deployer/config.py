@@ -598,6 +598,13 @@ class DeployConfig(_Model):
     def _url(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://[^/\s]+", value):
             raise ValueError(f"endpoint must be an http:// or https:// URL (got {value!r})")
+        if value is not None:
+            from urllib.parse import urlsplit
+
+            try:
+                urlsplit(value).port  # noqa: B018 - raises ValueError for a port that is not 0..65535
+            except ValueError:
+                raise ValueError(f"endpoint {value!r} has an invalid port (0..65535)") from None
         return value
 
     @property

@@ -407,6 +407,27 @@ def test_a_deploy_against_a_dead_endpoint_changes_nothing_and_releases_its_lock(
     assert state_files(tmp_path / "state") == []  # the lock released, no journal begun (it failed observing)
 
 
+def test_https_to_the_plain_http_local_cloud_says_to_write_http(
+    world: LocalCloud, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    https = world.endpoint.replace("http://", "https://")
+    cfg = write_config(tmp_path, https)
+    code, _out, err = run(["plan", "-c", str(cfg)], capsys)
+    assert code == 1 and one_error(err) == f"error: run.services.get: TLS with {https} failed (wrong version number)"
+    assert hint_of(err) == f"hint: the local cloud speaks plain HTTP: write the endpoint as {world.endpoint}"
+
+
+@pytest.mark.parametrize("endpoint", ["127.0.0.1:8480", "http://127.0.0.1:99999", "ftp://127.0.0.1"])
+def test_a_malformed_endpoint_is_a_config_error(
+    world: LocalCloud, tmp_path: Path, capsys: pytest.CaptureFixture[str], endpoint: str
+) -> None:
+    cfg = write_config(tmp_path, endpoint)
+    mark = len(world.world.requests)
+    code, _out, err = run(["plan", "-c", str(cfg)], capsys)
+    assert code == 2 and one_error(err).startswith(f"error: {cfg}:") and "endpoint" in err, err
+    assert calls_since(world, mark) == []
+
+
 def test_no_google_credentials_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,6 +16,7 @@ import errno
 import http.client
 import ipaddress
 import socket
+import ssl
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -177,3 +178,22 @@ def describe(failure: NetworkFailure, *, method: str, attempts: int) -> tuple[st
     else:
         hint = f"is the local cloud running on {failure.host} and reachable from here? (the config's `endpoint:`)"
     return message, hint
+
+
+def tls_failure(exc: BaseException, *, method: str) -> tuple[str, str] | None:
+    """The line and hint for a TLS failure (``https://`` to a plain-HTTP local cloud, an intercepting
+    proxy), or ``None`` when ``exc`` is not one."""
+    chain = _chain(exc)
+    if not any(isinstance(e, (rexc.SSLError, uexc.SSLError, ssl.SSLError)) for e in chain):
+        return None
+    endpoint, host, port = _where(chain)
+    why = next((str(e.reason) for e in chain if isinstance(e, ssl.SSLError) and getattr(e, "reason", None)), "")
+    why = why.replace("_", " ").lower() or "handshake failed"
+    failure = NetworkFailure(endpoint, host, port, why, connected=True)
+    at = f" with {endpoint}" if endpoint else ""
+    if failure.is_google:
+        hint = "something between this machine and Google intercepts TLS (a proxy?); see REQUESTS_CA_BUNDLE"
+    else:
+        plain = f"http://{host}:{port}" if host and port else "http://127.0.0.1:8480"
+        hint = f"the local cloud speaks plain HTTP: write the endpoint as {plain}"
+    return f"{method}: TLS{at} failed ({why})", hint

@@ -214,6 +214,9 @@ def to_cloud_error(
             hint="the resource changed since it was read (etag or fingerprint moved); read it again and re-plan.",
             **common,
         )
+    tls = reach.tls_failure(cause, method=method)
+    if tls is not None:
+        return CloudError(tls[0], hint=tls[1], **common)
     if isinstance(cause, (gexc.GoogleAPIError, gauth.GoogleAuthError)) or _network_is_transient(cause) is False:
         hint = None
         if status == 403:
