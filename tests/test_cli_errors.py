@@ -692,6 +692,52 @@ def test_an_older_unreadable_journal_does_not_block(
     assert code == 0 and "nothing to resume" in out and "error:" not in err, out + err
 
 
+@pytest.mark.e2e  # a real local cloud process, SIGKILLed mid-deploy
+def test_the_cloud_dying_mid_deploy_ends_as_rollback_incomplete_with_what_remains(tmp_path: Path) -> None:
+    """The local cloud dies at the bake after the first traffic step: the rollback cannot reach it either.
+    The deploy must still end as a result — exit 3, what remains changed, the journal finished — never as
+    a bare "cannot reach" error that hides the half-changed service."""
+    import types
+
+    import yaml
+
+    from deployer.orchestrator.deploy import deploy
+    from deployer.orchestrator.journal import list_deploys, load
+    from deployer.state.local import LocalStateStore
+    from tests.orchestrator.deploy_support import config_data, make_config, options, world_doc
+
+    seed = tmp_path / "world.yaml"
+    seed.write_text(yaml.safe_dump(world_doc()))
+    proc = subprocess.Popen(
+        [*DEPLOYER, "localcloud", "up", "--api-port", "0", "--lb-port", "0", "--seed", str(seed)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        ready = line_on("stdout", "local cloud ready")(proc)  # "... API on URL, load balancer on URL  (Ctrl-C ...)"
+        api, lb = (word.rstrip(",") for word in ready.split() if word.startswith("http://"))
+        data = config_data(types.SimpleNamespace(endpoint=api, lb_url=lb), tmp_path / "state")
+        data["rollout"]["bake_seconds"] = 1
+
+        async def die_at_the_bake(_seconds: float) -> None:
+            proc.kill()  # SIGKILL: the revisions die with it (their watchdog)
+            proc.wait()
+
+        result = deploy(make_config(data), options(sleep=die_at_the_bake))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert (result.status, result.exit_code) == ("rollback_incomplete", 3), result.why
+    assert result.remaining and all("cannot reach the local cloud" in r for r in result.remaining)
+    assert any("the traffic shown is the last known" in h for h in result.hints)
+    store = LocalStateStore(tmp_path / "state")
+    (deploy_id,) = list_deploys(store, KEY)
+    assert load(store, KEY, deploy_id).status == "rollback_incomplete"  # finished, with what remains
+    assert LOCK not in state_files(tmp_path / "state")
+
+
 # ---- Ctrl-C and SIGTERM: one line, the shell's exit codes, nothing left behind -----------------------------
 
 

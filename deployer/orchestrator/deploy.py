@@ -870,7 +870,14 @@ class Deployment:
         if status is Status.SUCCEEDED:
             final = run.service or {}
         else:
-            final = await asyncio.to_thread(self.run_api.get_service, self.desired.service_name) or {}  # type: ignore[arg-type]
+            try:
+                final = await asyncio.to_thread(self.run_api.get_service, self.desired.service_name) or {}  # type: ignore[arg-type]
+            except CloudError as exc:
+                # The end is journaled and reported whatever this read says (the cloud may be gone, which is
+                # often why we are here): the last service we know, and why it is not fresh.
+                final = run.service or {}
+                self.log.warning("deploy.final_read_failed", phase="finish", error=exc.message)
+                run.hints.append(f"the traffic shown is the last known: reading it again failed ({exc.message})")
         after = [s.to_json() for s in traffic.effective(final)]
         owned = sorted(self.desired.armor_rules) if status is Status.SUCCEEDED else None
         summary = {
