@@ -701,10 +701,11 @@ def test_the_cloud_dying_mid_deploy_ends_as_rollback_incomplete_with_what_remain
 
     import yaml
 
+    from deployer.gcp.clients import Clients
     from deployer.orchestrator.deploy import deploy
     from deployer.orchestrator.journal import list_deploys, load
     from deployer.state.local import LocalStateStore
-    from tests.orchestrator.deploy_support import config_data, make_config, options, world_doc
+    from tests.orchestrator.deploy_support import PROJECT, config_data, make_config, options, wait_settled, world_doc
 
     seed = tmp_path / "world.yaml"
     seed.write_text(yaml.safe_dump(world_doc()))
@@ -717,6 +718,7 @@ def test_the_cloud_dying_mid_deploy_ends_as_rollback_incomplete_with_what_remain
     try:
         ready = line_on("stdout", "local cloud ready")(proc)  # "... API on URL, load balancer on URL  (Ctrl-C ...)"
         api, lb = (word.rstrip(",") for word in ready.split() if word.startswith("http://"))
+        wait_settled(Clients(endpoint=api, project=PROJECT))  # the seeded revision is up before deploying
         data = config_data(types.SimpleNamespace(endpoint=api, lb_url=lb), tmp_path / "state")
         data["rollout"]["bake_seconds"] = 1
 

@@ -7,13 +7,19 @@ reuses the same path). Exit codes: 0 Passed, 1 Failed, 3 Inconclusive or Error, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import sys
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Any, TypeVar
 
 from deployer.errors import UsageError
 from deployer.gate.spec import GateSpec, parse_header
 from deployer.gate.verdict import Thresholds
+
+T = TypeVar("T")
 
 # A progress line is worth drawing only when the run takes a while.
 _PROGRESS_MIN_HOLD_S = 1.0
@@ -95,7 +101,7 @@ def run_command(spec: GateSpec, *, json_out: bool, verbose: bool = False) -> int
     err = Console(stderr=True)
     long_run = spec.hold_s >= _PROGRESS_MIN_HOLD_S or spec.connections >= _PROGRESS_MIN_CONNECTIONS
     with progress_line(err, spec.connections, enabled=err.is_terminal and long_run) as on_progress:
-        verdict = asyncio.run(run_gate(spec, on_progress=on_progress))
+        verdict = asyncio.run(_interruptible(run_gate(spec, on_progress=on_progress)))
     if json_out:
         sys.stdout.write(to_json_text(verdict) + "\n")
         sys.stdout.flush()
@@ -105,3 +111,33 @@ def run_command(spec: GateSpec, *, json_out: bool, verbose: bool = False) -> int
             out = Console(highlight=False, width=160)
         render(verdict, out)
     return verdict.exit_code
+
+
+async def _interruptible(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro``; Ctrl-C cancels it from the event loop and ends as ``KeyboardInterrupt``.
+
+    asyncio.run's own Ctrl-C handler runs as a plain signal handler, so its ``cancel()`` can land in the
+    middle of a loop callback (CPython 3.11's ``_sock_connect_cb`` then logs "InvalidStateError" and a
+    traceback on stderr). ``add_signal_handler`` runs it between callbacks instead."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(coro)
+    interrupted: list[bool] = []
+
+    def on_sigint() -> None:
+        interrupted.append(True)
+        task.cancel()
+
+    installed = False
+    if threading.current_thread() is threading.main_thread():
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGINT, on_sigint)
+            installed = True
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        if installed:
+            loop.remove_signal_handler(signal.SIGINT)
