@@ -25,7 +25,6 @@ import yaml
 
 from deployer.config import config_from_data
 from deployer.gcp.clients import Clients
-from deployer.localcloud.server import LocalCloud
 from deployer.orchestrator.deploy import state_key
 from deployer.orchestrator.journal import list_deploys, load
 from deployer.state import open_store
@@ -41,14 +40,13 @@ from tests.cloudbuild.pipelines import (
     subprocess_env,
 )
 from tests.cloudbuild.pipelines import load as load_pipeline
-from tests.localcloud.runtime.support import no_process_left_behind
 from tests.orchestrator.deploy_support import (
     PROJECT,
     config_data,
     mutating_calls,
-    reseed,
+    reseeded_clients,
+    running_cloud,
     served_version,
-    world_doc,
 )
 
 IMAGE = "local/chat-backend:v2"
@@ -74,25 +72,16 @@ COLLECTED = [n for n in PIPELINES if any(invocation(s) for wave in runnable_step
 
 @pytest.fixture(scope="module")
 def cloud() -> Any:
-    with no_process_left_behind():
-        lc = LocalCloud(
-            lb_port=0,
-            seed_doc=world_doc(),
-            runtime_options={"startup_timeout": 4.0, "stop_grace": 1.0, "lb_seed": 7},
-        )
-        lc.start()
-        try:
+    try:
+        with running_cloud() as lc:
             yield lc
-        finally:
-            lc.stop()
-            structlog.reset_defaults()
+    finally:
+        structlog.reset_defaults()
 
 
 @pytest.fixture
 def clients(cloud: Any) -> Clients:
-    c = Clients(endpoint=cloud.endpoint, project=PROJECT)
-    reseed(cloud, c)
-    return c
+    return reseeded_clients(cloud)
 
 
 @pytest.fixture

@@ -33,7 +33,6 @@ import structlog
 
 from deployer.cli import main
 from deployer.gcp.clients import Clients
-from deployer.localcloud.server import LocalCloud
 from deployer.orchestrator import traffic
 from deployer.orchestrator.deploy import deploy, revision_name, state_key
 from deployer.orchestrator.emergency import RollbackOptions, rollback
@@ -56,8 +55,7 @@ from tests.e2e.matrix_support import (
     spawn,
     write_config,
 )
-from tests.localcloud.runtime.support import no_process_left_behind
-from tests.orchestrator.deploy_support import FAST, PROJECT, make_config, options, world_doc
+from tests.orchestrator.deploy_support import FAST, PROJECT, make_config, options, running_cloud
 
 pytestmark = pytest.mark.e2e
 
@@ -68,17 +66,8 @@ CASES: list[str] = []
 @pytest.fixture(scope="module")
 def cloud(request: pytest.FixtureRequest) -> Any:
     started = time.monotonic()
-    with no_process_left_behind():
-        lc = LocalCloud(
-            lb_port=0,
-            seed_doc=world_doc(),
-            runtime_options={"startup_timeout": 4.0, "stop_grace": 0.5, "lb_seed": 7},
-        )
-        lc.start()
-        try:
-            yield lc
-        finally:
-            lc.stop()
+    with running_cloud(stop_grace=0.5) as lc:
+        yield lc
     reporter = request.config.pluginmanager.getplugin("terminalreporter")
     capture = request.config.pluginmanager.getplugin("capturemanager")
     if reporter is not None and CASES:

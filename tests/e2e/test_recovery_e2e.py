@@ -16,7 +16,6 @@ import structlog
 from deployer.cli import main
 from deployer.errors import LockHeldError, PinnedError
 from deployer.gcp.clients import Clients
-from deployer.localcloud.server import LocalCloud
 from deployer.orchestrator import traffic
 from deployer.orchestrator.deploy import deploy, state_key
 from deployer.orchestrator.emergency import RollbackOptions, rollback
@@ -27,23 +26,15 @@ from deployer.orchestrator.pins import read_pin
 from deployer.orchestrator.resume import newest_first
 from deployer.state import StateStore, open_store
 from tests.e2e.matrix_support import Call, finish, fresh_world, inject, matrix_config, snapshot, spawn, write_config
-from tests.localcloud.runtime.support import no_process_left_behind
-from tests.orchestrator.deploy_support import FAST, PROJECT, make_config, mutating_calls, options, world_doc
+from tests.orchestrator.deploy_support import FAST, PROJECT, make_config, mutating_calls, options, running_cloud
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def cloud() -> Any:
-    with no_process_left_behind():
-        lc = LocalCloud(
-            lb_port=0, seed_doc=world_doc(), runtime_options={"startup_timeout": 4.0, "stop_grace": 0.5, "lb_seed": 7}
-        )
-        lc.start()
-        try:
-            yield lc
-        finally:
-            lc.stop()
+    with running_cloud(stop_grace=0.5) as lc:
+        yield lc
 
 
 @pytest.fixture(autouse=True)

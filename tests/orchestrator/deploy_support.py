@@ -4,6 +4,7 @@ touches, and the request log's mutating calls."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
@@ -18,8 +19,10 @@ from deployer.config import DeployConfig, config_from_data
 from deployer.gcp import retry
 from deployer.gcp.clients import Clients
 from deployer.gcp.observe import to_rest_json
+from deployer.localcloud.server import LocalCloud
 from deployer.orchestrator import traffic
 from deployer.orchestrator.deploy import DeployOptions
+from tests.localcloud.runtime.support import no_process_left_behind
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT, REGION, SERVICE = "chat-staging", "us-central1", "chat-backend"
@@ -76,6 +79,30 @@ def reseed(cloud: Any, clients: Clients) -> None:
     """A fresh seed world (through the control plane, on the cloud's own loop), ready to serve."""
     control(cloud, "seed", world_doc())
     wait_settled(clients)
+
+
+@contextlib.contextmanager
+def running_cloud(*, stop_grace: float = 1.0) -> Iterator[LocalCloud]:
+    """The seed's world in a local cloud with the load balancer and revisions as processes; stopped on
+    exit, with no process of it left behind (the body of each e2e module's ``cloud`` fixture)."""
+    with no_process_left_behind():
+        lc = LocalCloud(
+            lb_port=0,
+            seed_doc=world_doc(),
+            runtime_options={"startup_timeout": 4.0, "stop_grace": stop_grace, "lb_seed": 7},
+        )
+        lc.start()
+        try:
+            yield lc
+        finally:
+            lc.stop()
+
+
+def reseeded_clients(cloud: Any) -> Clients:
+    """Clients for ``cloud``'s project, with the cloud re-seeded (the body of the ``clients`` fixtures)."""
+    c = Clients(endpoint=cloud.endpoint, project=PROJECT)
+    reseed(cloud, c)
+    return c
 
 
 def wait_settled(clients: Clients, deadline_s: float = 30) -> dict[str, Any]:

@@ -20,15 +20,12 @@ from google.cloud import run_v2
 
 from deployer.cli import main
 from deployer.errors import ConflictError, DriftError, LockHeldError, PreflightError
-from deployer.gcp.clients import Clients
-from deployer.localcloud.server import LocalCloud
 from deployer.orchestrator.deploy import Deployment, deploy, state_key
 from deployer.orchestrator.journal import list_deploys, load
 from deployer.orchestrator.lock import ServiceLock
 from deployer.orchestrator.owner import Owner
 from deployer.plan import ANNOTATION_DEPLOY_ID, ANNOTATION_LAST_GOOD, ANNOTATION_PREVIOUS
 from deployer.state.local import LocalStateStore
-from tests.localcloud.runtime.support import no_process_left_behind
 from tests.orchestrator.deploy_support import (
     PROJECT,
     SERVICE_NAME,
@@ -37,11 +34,11 @@ from tests.orchestrator.deploy_support import (
     make_config,
     mutating_calls,
     options,
-    reseed,
+    reseeded_clients,
+    running_cloud,
     served_version,
     snapshot,
     wait_settled,
-    world_doc,
 )
 
 pytestmark = pytest.mark.e2e
@@ -49,17 +46,8 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def cloud():
-    with no_process_left_behind():
-        lc = LocalCloud(
-            lb_port=0,
-            seed_doc=world_doc(),
-            runtime_options={"startup_timeout": 4.0, "stop_grace": 1.0, "lb_seed": 7},
-        )
-        lc.start()
-        try:
-            yield lc
-        finally:
-            lc.stop()
+    with running_cloud() as lc:
+        yield lc
 
 
 @pytest.fixture(autouse=True)
@@ -72,9 +60,7 @@ def _logs_back_to_defaults():
 
 @pytest.fixture
 def clients(cloud):
-    c = Clients(endpoint=cloud.endpoint, project=PROJECT)
-    reseed(cloud, c)
-    return c
+    return reseeded_clients(cloud)
 
 
 @pytest.fixture

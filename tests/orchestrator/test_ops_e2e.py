@@ -19,21 +19,17 @@ import structlog
 
 from deployer.cli import main
 from deployer.errors import FreezeError
-from deployer.gcp.clients import Clients
-from deployer.localcloud.server import LocalCloud
 from deployer.orchestrator.command import run_deploy
 from deployer.orchestrator.deploy import deploy, state_key
 from deployer.orchestrator.journal import list_deploys, load
 from deployer.state.local import LocalStateStore
-from tests.localcloud.runtime.support import no_process_left_behind
 from tests.orchestrator.deploy_support import (
-    PROJECT,
     config_data,
     make_config,
     mutating_calls,
     options,
-    reseed,
-    world_doc,
+    reseeded_clients,
+    running_cloud,
 )
 
 pytestmark = pytest.mark.e2e
@@ -41,17 +37,8 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def cloud():
-    with no_process_left_behind():
-        lc = LocalCloud(
-            lb_port=0,
-            seed_doc=world_doc(),
-            runtime_options={"startup_timeout": 4.0, "stop_grace": 1.0, "lb_seed": 7},
-        )
-        lc.start()
-        try:
-            yield lc
-        finally:
-            lc.stop()
+    with running_cloud() as lc:
+        yield lc
 
 
 @pytest.fixture(autouse=True)
@@ -62,9 +49,7 @@ def _logs_back_to_defaults():
 
 @pytest.fixture
 def clients(cloud):
-    c = Clients(endpoint=cloud.endpoint, project=PROJECT)
-    reseed(cloud, c)
-    return c
+    return reseeded_clients(cloud)
 
 
 @pytest.fixture
