@@ -77,9 +77,6 @@ from deployer.orchestrator.lock import LOCK_TTL, LockInfo, ServiceLock, holder_a
 from deployer.orchestrator.owner import Owner
 from deployer.orchestrator.pins import DEFAULT_PIN_TTL, Pin, new_pin, write_pin
 from deployer.orchestrator.rollback_target import (
-    _STATUS_FIELDS as _STATUS_FIELDS,  # re-exported: resume.py reads these from here
-)
-from deployer.orchestrator.rollback_target import (
     ROLLBACK,
     Target,
     already_moved,

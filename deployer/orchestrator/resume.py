@@ -65,6 +65,7 @@ from deployer.orchestrator.journal import (
 )
 from deployer.orchestrator.lock import LOCK_TTL, ServiceLock, holder_alive, holder_journal_of
 from deployer.orchestrator.owner import Owner
+from deployer.orchestrator.service_status import STATUS_FIELDS
 from deployer.plan import ANNOTATION_DEPLOY_ID, ANNOTATION_PREVIOUS, ARMOR_RULE, BACKEND_SERVICE, RUN_SERVICE, Action
 from deployer.state import StateStore, open_store
 
@@ -485,10 +486,8 @@ class Resumer:
 
     def _resend(self, journal: Journal, fin: EffectState, current: JSON) -> JSON:
         """The finalize again, on the service exactly as the deploy left it (its etag checked)."""
-        from deployer.orchestrator.emergency import _STATUS_FIELDS
-
         intended = fin.intended or {}
-        body = {k: copy.deepcopy(v) for k, v in current.items() if k not in _STATUS_FIELDS}
+        body = {k: copy.deepcopy(v) for k, v in current.items() if k not in STATUS_FIELDS}
         body["traffic"] = copy.deepcopy(intended.get("traffic") or [])
         body["annotations"] = {**(current.get("annotations") or {}), **(intended.get("annotations") or {})}
         etag = str(current.get("etag") or "")

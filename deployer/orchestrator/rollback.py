@@ -44,6 +44,7 @@ from deployer.gcp.cloudrun import CloudRun
 from deployer.gcp.compute import BACKEND_OUTPUT_ONLY, RULE_OUTPUT_ONLY, Compute, new_request_id
 from deployer.orchestrator import traffic
 from deployer.orchestrator.journal import Journal, JournalState, RestoreTarget, restore_targets
+from deployer.orchestrator.service_status import STATUS_FIELDS
 from deployer.plan import ARMOR_RULE, BACKEND_SERVICE, RUN_SERVICE
 
 JSON = dict[str, Any]
@@ -53,28 +54,6 @@ _RULE_ID = re.compile(
     r"^projects/(?P<project>[^/]+)/global/securityPolicies/(?P<policy>[^/]+)/rules/(?P<priority>\d+)$"
 )
 _BS_ID = re.compile(r"^projects/(?P<project>[^/]+)/global/backendServices/(?P<name>[^/]+)$")
-# Service fields the API computes (never part of what is written back).
-_SERVICE_STATUS = (
-    "uid",
-    "generation",
-    "createTime",
-    "updateTime",
-    "deleteTime",
-    "expireTime",
-    "creator",
-    "lastModifier",
-    "observedGeneration",
-    "terminalCondition",
-    "conditions",
-    "latestReadyRevision",
-    "latestCreatedRevision",
-    "trafficStatuses",
-    "uri",
-    "urls",
-    "reconciling",
-    "etag",
-    "satisfiesPzs",
-)
 
 
 @dataclass(frozen=True)
@@ -152,7 +131,7 @@ def fill_masked(pre: JSON, masked_paths: Sequence[str], revision: Mapping[str, A
 
 def service_restore_body(pre: Mapping[str, Any]) -> tuple[JSON, str | None]:
     """The UpdateService body that puts ``pre`` back, and the LATEST pin it needed."""
-    body = {k: copy.deepcopy(v) for k, v in pre.items() if k not in _SERVICE_STATUS}
+    body = {k: copy.deepcopy(v) for k, v in pre.items() if k not in STATUS_FIELDS}
     restore = traffic.restore(pre)
     body["traffic"] = restore.traffic
     template = dict(body.get("template") or {})
@@ -360,7 +339,7 @@ class Restorer:
                 out["annotations"] = {**others, **ours}
             return out or None
         for key in sorted(set(current) | set(known)):
-            if key in _SERVICE_STATUS or current.get(key) == known.get(key):
+            if key in STATUS_FIELDS or current.get(key) == known.get(key):
                 continue
             if key in ("traffic", "template"):
                 return None

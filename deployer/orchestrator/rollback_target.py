@@ -17,6 +17,7 @@ from typing import Any
 from deployer.config import DeployConfig
 from deployer.orchestrator import traffic
 from deployer.orchestrator.journal import ADMIN_OPERATIONS, JournalState
+from deployer.orchestrator.service_status import STATUS_FIELDS
 from deployer.plan import ANNOTATION_DEPLOY_ID, ANNOTATION_LAST_GOOD, ANNOTATION_PREVIOUS, RUN_SERVICE
 
 JSON = dict[str, Any]
@@ -236,32 +237,6 @@ def want_of(traffic_list: Sequence[Mapping[str, Any]]) -> list[traffic.Served]:
     ]
 
 
-# Service fields the API computes (rollback.py's list): never written back.
-_STATUS_FIELDS = frozenset(
-    {
-        "uid",
-        "generation",
-        "createTime",
-        "updateTime",
-        "deleteTime",
-        "expireTime",
-        "creator",
-        "lastModifier",
-        "observedGeneration",
-        "terminalCondition",
-        "conditions",
-        "latestReadyRevision",
-        "latestCreatedRevision",
-        "trafficStatuses",
-        "uri",
-        "urls",
-        "reconciling",
-        "etag",
-        "satisfiesPzs",
-    }
-)
-
-
 def rollback_body(
     live: Mapping[str, Any], target: Target, *, template: Mapping[str, Any], rollback_id: str
 ) -> tuple[JSON, list[JSON]]:
@@ -269,11 +244,11 @@ def rollback_body(
     assert target.revision is not None
     if target.pre_image is not None:
         pre = target.pre_image
-        body = {k: copy.deepcopy(v) for k, v in pre.items() if k not in _STATUS_FIELDS}
+        body = {k: copy.deepcopy(v) for k, v in pre.items() if k not in STATUS_FIELDS}
         base = pre.get("traffic") or []
         latest = traffic.short(pre.get("latestReadyRevision"))
     else:
-        body = {k: copy.deepcopy(v) for k, v in live.items() if k not in _STATUS_FIELDS}
+        body = {k: copy.deepcopy(v) for k, v in live.items() if k not in STATUS_FIELDS}
         base = live.get("traffic") or []
         latest = traffic.short(live.get("latestReadyRevision"))
     new_traffic = rollback_traffic(base, latest, target.revision)
