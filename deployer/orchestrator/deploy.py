@@ -63,11 +63,11 @@ from deployer.errors import (
 from deployer.gate import GateSpec, Outcome, Verdict, run_gate
 from deployer.gcp import retry
 from deployer.gcp.clients import Clients
-from deployer.gcp.cloudrun import CloudRun
-from deployer.gcp.compute import Compute, new_request_id
+from deployer.gcp.compute import new_request_id
 from deployer.gcp.operations import POLL, PollSchedule
 from deployer.model import DesiredState, Observed
 from deployer.orchestrator import gates, traffic
+from deployer.orchestrator.cloud_apis import cloud_apis
 from deployer.orchestrator.freeze import OVERRIDE_FREEZE, ActiveFreeze, FreezeOverride, check_freeze, frozen_message
 from deployer.orchestrator.journal import (
     ADMIN_OPERATIONS,
@@ -191,9 +191,9 @@ class Deployment:
     def __init__(self, config: DeployConfig, options: DeployOptions) -> None:
         self.config = config
         self.options = options
-        self.clients = Clients(endpoint=config.endpoint, project=config.project)
-        self.run_api = CloudRun(self.clients, policy=options.policy, read_policy=options.read_policy)
-        self.compute = Compute(self.clients, config.project, policy=options.policy, read_policy=options.read_policy)
+        self.clients, self.run_api, self.compute = cloud_apis(
+            config, policy=options.policy, read_policy=options.read_policy
+        )
         self.key = state_key(config)
         self.desired = desired_state(config)
         self._abort_reason: str | None = None

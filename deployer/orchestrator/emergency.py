@@ -48,18 +48,16 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import structlog
 
 from deployer.config import DeployConfig
 from deployer.errors import CloudError, ConflictError, DeployerError, LockHeldError, StaleStateError
-from deployer.gcp import retry
 from deployer.gcp.clients import Clients
 from deployer.gcp.run_rest import RunRest
 from deployer.orchestrator import traffic
@@ -73,7 +71,7 @@ from deployer.orchestrator.journal import (
     restore_targets,
     what_to_undo,
 )
-from deployer.orchestrator.lock import LOCK_TTL, LockInfo, ServiceLock, holder_alive
+from deployer.orchestrator.lock import LockInfo, ServiceLock, holder_alive
 from deployer.orchestrator.owner import Owner
 from deployer.orchestrator.pins import DEFAULT_PIN_TTL, Pin, new_pin, write_pin
 from deployer.orchestrator.rollback_target import (
@@ -89,6 +87,7 @@ from deployer.orchestrator.rollback_target import (
 from deployer.orchestrator.rollback_target import _service_pre_image as _service_pre_image
 from deployer.orchestrator.rollback_target import norm_traffic as norm_traffic
 from deployer.orchestrator.rollback_target import rollback_traffic as rollback_traffic
+from deployer.orchestrator.run_options import LockedRunOptions
 from deployer.plan import (
     ARMOR_RULE,
     BACKEND_SERVICE,
@@ -107,27 +106,16 @@ OP_WAIT_S = 600.0  # one operations.wait call answers when the operation is done
 _log = structlog.get_logger("deployer.rollback")
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 # ---- the command ---------------------------------------------------------------------------------------
 
 
 @dataclass
-class RollbackOptions:
+class RollbackOptions(LockedRunOptions):
     reason: str
     to_revision: str | None = None
     infra: bool = False
     verify: bool = False
     pin_for: timedelta = DEFAULT_PIN_TTL
-    clock: Callable[[], datetime] = _utcnow
-    owner: Owner | None = None
-    policy: retry.RetryPolicy = retry.DEFAULT_POLICY
-    read_policy: retry.RetryPolicy = retry.READ_POLICY
-    lock_ttl: timedelta = LOCK_TTL
-    state_base: Path | None = None
-    gate_env: Mapping[str, str] | None = None
 
 
 @dataclass

@@ -36,21 +36,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 from typing import Any, Literal
 
 import structlog
 
 from deployer.config import DeployConfig
 from deployer.errors import CloudError, CorruptStateError, DeployerError, JournalError, LockHeldError
-from deployer.gcp import retry
-from deployer.gcp.clients import Clients
-from deployer.gcp.cloudrun import CloudRun
-from deployer.gcp.compute import BACKEND_OUTPUT_ONLY, Compute
+from deployer.gcp.compute import BACKEND_OUTPUT_ONLY
 from deployer.orchestrator import traffic
+from deployer.orchestrator.cloud_apis import cloud_apis
 from deployer.orchestrator.journal import (
     ADMIN_OPERATIONS,
     ROLLBACK,
@@ -63,8 +60,9 @@ from deployer.orchestrator.journal import (
     load,
     what_to_undo,
 )
-from deployer.orchestrator.lock import LOCK_TTL, ServiceLock, holder_alive, holder_journal_of
+from deployer.orchestrator.lock import ServiceLock, holder_alive, holder_journal_of
 from deployer.orchestrator.owner import Owner
+from deployer.orchestrator.run_options import LockedRunOptions
 from deployer.orchestrator.service_status import STATUS_FIELDS
 from deployer.plan import ANNOTATION_DEPLOY_ID, ANNOTATION_PREVIOUS, ARMOR_RULE, BACKEND_SERVICE, RUN_SERVICE, Action
 from deployer.state import StateStore, open_store
@@ -73,10 +71,6 @@ JSON = dict[str, Any]
 RESUME = "resume"  # the decision resume records before it acts
 
 _log = structlog.get_logger("deployer.resume")
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 # ---- the decision (pure) -----------------------------------------------------------------------------
@@ -186,14 +180,7 @@ def settle(effect: EffectState, current: Mapping[str, Any] | None) -> Literal["a
 
 
 @dataclass
-class ResumeOptions:
-    clock: Callable[[], datetime] = _utcnow
-    owner: Owner | None = None
-    policy: retry.RetryPolicy = retry.DEFAULT_POLICY
-    read_policy: retry.RetryPolicy = retry.READ_POLICY
-    lock_ttl: timedelta = LOCK_TTL
-    state_base: Path | None = None
-    gate_env: Mapping[str, str] | None = None
+class ResumeOptions(LockedRunOptions):
     verify: bool = False  # after an undo, the gate on the restored public path
 
 
@@ -246,9 +233,9 @@ class Resumer:
 
         self.config = config
         self.options = options
-        self.clients = Clients(endpoint=config.endpoint, project=config.project)
-        self.run_api = CloudRun(self.clients, policy=options.policy, read_policy=options.read_policy)
-        self.compute = Compute(self.clients, config.project, policy=options.policy, read_policy=options.read_policy)
+        self.clients, self.run_api, self.compute = cloud_apis(
+            config, policy=options.policy, read_policy=options.read_policy
+        )
         self.key = state_key(config)
         self.name = config.service_path
         self.log: Any = _log.bind(service=self.key)
