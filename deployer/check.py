@@ -52,19 +52,6 @@ def read_live(config: DeployConfig) -> Observed:
     return observe(config, Clients(endpoint=config.endpoint, project=config.project))
 
 
-class _StderrNow:
-    """Whatever ``sys.stderr`` is when a line is written (tests swap it; a bound stream would go stale)."""
-
-    def write(self, text: str) -> int:
-        return sys.stderr.write(text)
-
-    def flush(self) -> None:
-        sys.stderr.flush()
-
-    def isatty(self) -> bool:
-        return sys.stderr.isatty()
-
-
 def _log_to_stderr() -> None:
     """Retry events (``gcp.retry``) must go to stderr, never into the report on stdout; structlog's
     unconfigured default prints to stdout. A command that configured logging already keeps its own."""
@@ -73,7 +60,7 @@ def _log_to_stderr() -> None:
     from deployer import logs
 
     if not structlog.is_configured():
-        logs.configure(stream=_StderrNow())
+        logs.configure()  # its default stream: whatever sys.stderr is at each write
 
 
 def report_json(path: str, config: DeployConfig, findings: list[Finding], *, live: bool) -> dict[str, Any]:
