@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from deployer import facts
+from deployer.cloudarmor.expression import RequestAttributes
 
 Matcher = Callable[["RequestInfo"], bool]
 CompileExpr = Callable[[str], Matcher]
@@ -53,16 +54,10 @@ _DENY = re.compile(r"^deny\((\d{3})\)$")
 
 
 @dataclass(frozen=True)
-class RequestInfo:
-    """What Cloud Armor sees of one request (headers with lower-case keys, §3.4)."""
+class RequestInfo(RequestAttributes):
+    """What Cloud Armor sees of one request: the rules language's attributes (headers with lower-case
+    keys, §3.4), plus the cookies and SNI that rate-limit keys read."""
 
-    path: str
-    method: str
-    headers: Mapping[str, str]
-    query: str = ""
-    scheme: str = "http"
-    origin_ip: str = "127.0.0.1"
-    region_code: str = ""
     cookies: Mapping[str, str] = field(default_factory=dict)
     sni: str = ""
 

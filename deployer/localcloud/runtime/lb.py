@@ -78,21 +78,12 @@ class Resolution:
 
 
 def _compile_with_cloudarmor(source: str) -> armor.Matcher:
-    from deployer.cloudarmor import RequestAttributes, parse
+    from deployer.cloudarmor import parse
 
     expression = parse(source)
 
     def matcher(info: armor.RequestInfo) -> bool:
-        attrs = RequestAttributes(
-            path=info.path,
-            method=info.method,
-            headers=dict(info.headers),
-            query=info.query,
-            scheme=info.scheme,
-            origin_ip=info.origin_ip,
-            region_code=info.region_code,
-        )
-        return bool(expression.evaluate(attrs))
+        return bool(expression.evaluate(info))  # a RequestInfo is the RequestAttributes the language reads
 
     return matcher
 
