@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 
 from deployer.cli import main
 from deployer.errors import LockHeldError, PinnedError
@@ -26,7 +25,15 @@ from deployer.orchestrator.pins import read_pin
 from deployer.orchestrator.resume import newest_first
 from deployer.state import StateStore, open_store
 from tests.e2e.matrix_support import Call, finish, fresh_world, inject, matrix_config, snapshot, spawn, write_config
-from tests.orchestrator.deploy_support import FAST, PROJECT, make_config, mutating_calls, options, running_cloud
+from tests.orchestrator.deploy_support import (
+    FAST,
+    PROJECT,
+    logs_back_to_defaults,  # noqa: F401  (autouse fixture)
+    make_config,
+    mutating_calls,
+    options,
+    running_cloud,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -35,12 +42,6 @@ pytestmark = pytest.mark.e2e
 def cloud() -> Any:
     with running_cloud(stop_grace=0.5) as lc:
         yield lc
-
-
-@pytest.fixture(autouse=True)
-def _logs_back_to_defaults() -> Any:
-    yield
-    structlog.reset_defaults()
 
 
 @pytest.fixture

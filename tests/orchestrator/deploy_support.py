@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+import structlog
 import yaml
 
 from deployer.config import DeployConfig, config_from_data
@@ -96,6 +98,14 @@ def running_cloud(*, stop_grace: float = 1.0) -> Iterator[LocalCloud]:
             yield lc
         finally:
             lc.stop()
+
+
+@pytest.fixture(autouse=True)
+def logs_back_to_defaults() -> Iterator[None]:
+    """Autouse where imported. ``deployer`` run through ``main`` points structlog at the test's captured
+    stderr; the local cloud's thread keeps logging after the test, so put structlog back."""
+    yield
+    structlog.reset_defaults()
 
 
 def reseeded_clients(cloud: Any) -> Clients:

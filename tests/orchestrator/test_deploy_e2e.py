@@ -31,6 +31,7 @@ from tests.orchestrator.deploy_support import (
     SERVICE_NAME,
     config_data,
     control,
+    logs_back_to_defaults,  # noqa: F401  (autouse fixture)
     make_config,
     mutating_calls,
     options,
@@ -48,14 +49,6 @@ pytestmark = pytest.mark.e2e
 def cloud():
     with running_cloud() as lc:
         yield lc
-
-
-@pytest.fixture(autouse=True)
-def _logs_back_to_defaults():
-    """``deployer deploy`` (run through ``main``) points structlog at the test's captured stderr; the
-    local cloud's thread keeps logging after the test, so put structlog back."""
-    yield
-    structlog.reset_defaults()
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 
 from deployer.cli import main
 from deployer.errors import FreezeError
@@ -25,6 +24,7 @@ from deployer.orchestrator.journal import list_deploys, load
 from deployer.state.local import LocalStateStore
 from tests.orchestrator.deploy_support import (
     config_data,
+    logs_back_to_defaults,  # noqa: F401  (autouse fixture)
     make_config,
     mutating_calls,
     options,
@@ -39,12 +39,6 @@ pytestmark = pytest.mark.e2e
 def cloud():
     with running_cloud() as lc:
         yield lc
-
-
-@pytest.fixture(autouse=True)
-def _logs_back_to_defaults():
-    yield
-    structlog.reset_defaults()
 
 
 @pytest.fixture
