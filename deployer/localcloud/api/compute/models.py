@@ -37,7 +37,8 @@ from __future__ import annotations
 import copy
 import hashlib
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 from deployer import facts
 from deployer.cloudarmor import policy as armor
@@ -76,6 +77,23 @@ FINGERPRINT_MESSAGE = "Supplied fingerprint does not match current metadata fing
 _OUTPUT_ONLY = ("id", "kind", "selfLink", "creationTimestamp", "fingerprint")
 # ... plus, on a backend service, the attached policies ("[Output Only]", §3.6: use setSecurityPolicy).
 _BS_SERVER_FIELDS = (*_OUTPUT_ONLY, "securityPolicy", "edgeSecurityPolicy")
+
+
+@dataclass(frozen=True)
+class _GlobalKind:
+    """A global Compute collection whose insert/patch/update follow one flow (``State._insert_global``)."""
+
+    message: str  # the compute_v1 message that parses its bodies
+    collection: str  # the REST collection: URL path segment and method-id prefix
+    store: str  # the State attribute holding it, keyed (project, name)
+    kind: str
+    server_fields: tuple[str, ...]  # fields the server owns: dropped from bodies, kept across changes
+
+
+_BACKEND_SERVICES = _GlobalKind(
+    "BackendService", "backendServices", "backend_services", "compute#backendService", _BS_SERVER_FIELDS
+)
+_URL_MAPS = _GlobalKind("UrlMap", "urlMaps", "url_maps", "compute#urlMap", _OUTPUT_ONLY)
 _SHA256_EMPTY = hashlib.sha256(b"").hexdigest()  # iap.oauth2ClientSecretSha256 in the recorded GET
 
 
@@ -259,89 +277,119 @@ class State:
 
     # ==== backend services ======================================================================
     def _bs(self, project: str, name: str) -> dict[str, Any]:
-        found = self.backend_services.get((project, name))
-        if found is None:
-            raise not_found(f"projects/{project}/global/backendServices/{name}")
-        return found
+        return self._find(_BACKEND_SERVICES, project, name)
 
     def get_backend_service(self, project: str, name: str) -> dict[str, Any]:
         return copy.deepcopy(self._bs(project, name))
 
     def list_backend_services(self, project: str) -> list[dict[str, Any]]:
-        return [copy.deepcopy(v) for (p, _n), v in sorted(self.backend_services.items()) if p == project]
+        return self._list(_BACKEND_SERVICES, project)
 
     def insert_backend_service(
         self, project: str, body: Mapping[str, Any], *, request_id: str | None = None
     ) -> dict[str, Any]:
+        return self._insert_global(_BACKEND_SERVICES, project, body, request_id=request_id)
+
+    def patch_backend_service(
+        self, project: str, name: str, body: Mapping[str, Any], *, request_id: str | None = None
+    ) -> dict[str, Any]:
+        return self._change_global(_BACKEND_SERVICES, project, name, body, request_id=request_id, merge=True)
+
+    def update_backend_service(
+        self, project: str, name: str, body: Mapping[str, Any], *, request_id: str | None = None
+    ) -> dict[str, Any]:
+        return self._change_global(_BACKEND_SERVICES, project, name, body, request_id=request_id, merge=False)
+
+    # ---- global resources that share one insert/patch/update flow (backend services, URL maps) ----------
+
+    def _find(self, kind: _GlobalKind, project: str, name: str) -> dict[str, Any]:
+        found = getattr(self, kind.store).get((project, name))
+        if found is None:
+            raise not_found(f"projects/{project}/global/{kind.collection}/{name}")
+        return cast(dict[str, Any], found)
+
+    def _list(self, kind: _GlobalKind, project: str) -> list[dict[str, Any]]:
+        return [copy.deepcopy(v) for (p, _n), v in sorted(getattr(self, kind.store).items()) if p == project]
+
+    def _prepare(self, kind: _GlobalKind, project: str, resource: dict[str, Any], explicit: Mapping[str, Any]) -> None:
+        if kind is _BACKEND_SERVICES:
+            self._prepare_backend_service(project, resource, explicit=explicit)
+        else:
+            self._prepare_url_map(project, resource)
+
+    def _insert_global(
+        self, kind: _GlobalKind, project: str, body: Mapping[str, Any], *, request_id: str | None
+    ) -> dict[str, Any]:
+        store: dict[tuple[str, str], dict[str, Any]] = getattr(self, kind.store)
         with self.world.lock:
             if (replay := self._replayed(project, request_id)) is not None:
                 return replay
-            resource = normalize("BackendService", body)
+            resource = normalize(kind.message, body)
             name = self._check_new_name(
                 resource,
-                lambda n: (project, n) in self.backend_services,
-                lambda n: f"projects/{project}/global/backendServices/{n}",
+                lambda n: (project, n) in store,
+                lambda n: f"projects/{project}/global/{kind.collection}/{n}",
             )
-            for key in _BS_SERVER_FIELDS:
-                # securityPolicy is "[Output Only]" (§3.6): attach with setSecurityPolicy.
+            for key in kind.server_fields:
+                # output-only fields; on a backend service also securityPolicy, "[Output Only]" (§3.6):
+                # attach with setSecurityPolicy.
                 resource.pop(key, None)
-            self._prepare_backend_service(project, resource, explicit=resource)
-            self._stamp(resource, "compute#backendService", global_link(project, "backendServices", name))
+            self._prepare(kind, project, resource, resource)
+            self._stamp(resource, kind.kind, global_link(project, kind.collection, name))
 
             def commit() -> None:
-                self.backend_services[(project, name)] = resource
+                store[(project, name)] = resource
 
             return self._operate(
                 project=project,
                 region=None,
-                method="compute.backendServices.insert",
+                method=f"compute.{kind.collection}.insert",
                 operation_type="insert",
                 target=resource,
                 commit=commit,
                 request_id=request_id,
             )
 
-    def patch_backend_service(
-        self, project: str, name: str, body: Mapping[str, Any], *, request_id: str | None = None
+    def _change_global(
+        self,
+        kind: _GlobalKind,
+        project: str,
+        name: str,
+        body: Mapping[str, Any],
+        *,
+        request_id: str | None,
+        merge: bool,
     ) -> dict[str, Any]:
-        return self._change_backend_service(project, name, body, request_id=request_id, merge=True)
-
-    def update_backend_service(
-        self, project: str, name: str, body: Mapping[str, Any], *, request_id: str | None = None
-    ) -> dict[str, Any]:
-        return self._change_backend_service(project, name, body, request_id=request_id, merge=False)
-
-    def _change_backend_service(
-        self, project: str, name: str, body: Mapping[str, Any], *, request_id: str | None, merge: bool
-    ) -> dict[str, Any]:
-        method = "compute.backendServices." + ("patch" if merge else "update")
+        store: dict[tuple[str, str], dict[str, Any]] = getattr(self, kind.store)
+        verb = "patch" if merge else "update"
         with self.world.lock:
             if (replay := self._replayed(project, request_id)) is not None:
                 return replay
-            explicit = normalize("BackendService", body)  # strict: unknown fields are a 400
-            current = self._bs(project, name)
+            explicit = normalize(kind.message, body)  # strict: unknown fields are a 400
+            current = self._find(kind, project, name)
+            # §5.1 (and compute.proto UrlMap.fingerprint, the same rule): an up-to-date fingerprint or 412.
             self._check_fingerprint(explicit, current)
             if "name" in explicit and explicit["name"] != name:
                 raise invalid("resource.name", explicit["name"], "The name of a resource cannot be changed.")
-            changes = {k: v for k, v in body.items() if k not in _BS_SERVER_FIELDS}
+            changes = {k: v for k, v in body.items() if k not in kind.server_fields}
             if merge:
                 # clientlibs.md §4: Compute PATCH is a JSON merge patch in which lists replace wholesale.
-                resource = normalize("BackendService", merge_patch(_without_output(current), changes))
+                resource = normalize(kind.message, merge_patch(_without_output(current), changes))
             else:
-                resource = normalize("BackendService", {**changes, "name": name})
-            kept = {k: current[k] for k in _BS_SERVER_FIELDS if k in current}
-            self._prepare_backend_service(project, resource, explicit=explicit)
+                resource = normalize(kind.message, {**changes, "name": name})
+            kept = {k: current[k] for k in kind.server_fields if k in current}
+            self._prepare(kind, project, resource, explicit)
             resource.update(kept)
             resource["fingerprint"] = self.world.fingerprint()
 
             def commit() -> None:
-                self.backend_services[(project, name)] = resource
+                store[(project, name)] = resource
 
             return self._operate(
                 project=project,
                 region=None,
-                method=method,
-                operation_type="patch" if merge else "update",
+                method=f"compute.{kind.collection}.{verb}",
+                operation_type=verb,
                 target=resource,
                 commit=commit,
                 request_id=request_id,
@@ -782,87 +830,26 @@ class State:
 
     # ==== URL maps ==============================================================================
     def _um(self, project: str, name: str) -> dict[str, Any]:
-        found = self.url_maps.get((project, name))
-        if found is None:
-            raise not_found(f"projects/{project}/global/urlMaps/{name}")
-        return found
+        return self._find(_URL_MAPS, project, name)
 
     def get_url_map(self, project: str, name: str) -> dict[str, Any]:
         return copy.deepcopy(self._um(project, name))
 
     def list_url_maps(self, project: str) -> list[dict[str, Any]]:
-        return [copy.deepcopy(v) for (p, _n), v in sorted(self.url_maps.items()) if p == project]
+        return self._list(_URL_MAPS, project)
 
     def insert_url_map(self, project: str, body: Mapping[str, Any], *, request_id: str | None = None) -> dict[str, Any]:
-        with self.world.lock:
-            if (replay := self._replayed(project, request_id)) is not None:
-                return replay
-            resource = normalize("UrlMap", body)
-            name = self._check_new_name(
-                resource,
-                lambda n: (project, n) in self.url_maps,
-                lambda n: f"projects/{project}/global/urlMaps/{n}",
-            )
-            for key in _OUTPUT_ONLY:
-                resource.pop(key, None)
-            self._prepare_url_map(project, resource)
-            self._stamp(resource, "compute#urlMap", global_link(project, "urlMaps", name))
-
-            def commit() -> None:
-                self.url_maps[(project, name)] = resource
-
-            return self._operate(
-                project=project,
-                region=None,
-                method="compute.urlMaps.insert",
-                operation_type="insert",
-                target=resource,
-                commit=commit,
-                request_id=request_id,
-            )
+        return self._insert_global(_URL_MAPS, project, body, request_id=request_id)
 
     def patch_url_map(
         self, project: str, name: str, body: Mapping[str, Any], *, request_id: str | None = None
     ) -> dict[str, Any]:
-        return self._change_url_map(project, name, body, request_id=request_id, merge=True)
+        return self._change_global(_URL_MAPS, project, name, body, request_id=request_id, merge=True)
 
     def update_url_map(
         self, project: str, name: str, body: Mapping[str, Any], *, request_id: str | None = None
     ) -> dict[str, Any]:
-        return self._change_url_map(project, name, body, request_id=request_id, merge=False)
-
-    def _change_url_map(
-        self, project: str, name: str, body: Mapping[str, Any], *, request_id: str | None, merge: bool
-    ) -> dict[str, Any]:
-        with self.world.lock:
-            if (replay := self._replayed(project, request_id)) is not None:
-                return replay
-            explicit = normalize("UrlMap", body)
-            current = self._um(project, name)
-            self._check_fingerprint(explicit, current)  # compute.proto UrlMap.fingerprint: same rule as §5.1
-            if "name" in explicit and explicit["name"] != name:
-                raise invalid("resource.name", explicit["name"], "The name of a resource cannot be changed.")
-            changes = {k: v for k, v in body.items() if k not in _OUTPUT_ONLY}
-            if merge:
-                resource = normalize("UrlMap", merge_patch(_without_output(current), changes))
-            else:
-                resource = normalize("UrlMap", {**changes, "name": name})
-            self._prepare_url_map(project, resource)
-            resource.update({k: current[k] for k in _OUTPUT_ONLY if k in current})
-            resource["fingerprint"] = self.world.fingerprint()
-
-            def commit() -> None:
-                self.url_maps[(project, name)] = resource
-
-            return self._operate(
-                project=project,
-                region=None,
-                method="compute.urlMaps." + ("patch" if merge else "update"),
-                operation_type="patch" if merge else "update",
-                target=resource,
-                commit=commit,
-                request_id=request_id,
-            )
+        return self._change_global(_URL_MAPS, project, name, body, request_id=request_id, merge=False)
 
     def delete_url_map(self, project: str, name: str, *, request_id: str | None = None) -> dict[str, Any]:
         with self.world.lock:
