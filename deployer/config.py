@@ -15,7 +15,9 @@ Naming follows what a release engineer writes, mapped to the APIs in ``deployer/
   only during requests, ``false`` = CPU always allocated. The Cloud Run v2 field is
   ``resources.cpu_idle`` and the mapping is ``cpu_idle = cpu_throttling`` (gcp-facts §1.4:
   "Use --cpu-throttling to enable and --no-cpu-throttling to disable"; "cpu_idle = true ⇔
-  --cpu-throttling").
+  --cpu-throttling"). ``service.billing`` (``request-based`` / ``instance-based``) is the same
+  setting in the words of Google's billing-settings page; write either. Writing both with opposite
+  meanings — the seed's inverted ``--cpu-throttling`` — is preflight CR023's error.
 - ``service.image`` may hold ``${VAR}`` references, filled from the environment (Cloud Build
   substitutions passed as env); a variable that is not set is a ``ConfigError`` naming it.
   ``$$`` writes a literal ``$``.
@@ -275,8 +277,12 @@ class ServiceConfig(_Model):
     cpu: Annotated[str, BeforeValidator(_cpu_text), AfterValidator(_check_cpu)] = "1"
     memory: Annotated[str, AfterValidator(_check_memory)] = "512Mi"
     # gcloud meaning: true = throttled (CPU only during requests), false = CPU always allocated.
-    # v2: resources.cpu_idle = cpu_throttling (gcp-facts §1.4).
-    cpu_throttling: bool = True
+    # v2: resources.cpu_idle = cpu_throttling (gcp-facts §1.4). None = not written (see `cpu_idle`).
+    cpu_throttling: bool | None = None
+    # The same platform field in Google's current words (gcp-facts §1.4: "Current docs name this a billing
+    # setting"): request-based = CPU only during requests (cpu_idle true), instance-based = CPU always
+    # allocated (cpu_idle false, gcloud --no-cpu-throttling).
+    billing: Literal["request-based", "instance-based"] | None = None
     startup_cpu_boost: bool = True
     min_instances: Annotated[int, Field(ge=0)] = 0
     max_instances: Annotated[int, Field(ge=1)] | None = None
@@ -302,6 +308,17 @@ class ServiceConfig(_Model):
     @property
     def ingress_enum(self) -> str:
         return INGRESS[self.ingress]
+
+    @property
+    def cpu_idle(self) -> bool:
+        """v2 ``resources.cpu_idle``: ``billing`` when written, else ``cpu_throttling``, else true (§1.4 default).
+
+        Both written and disagreeing is preflight CR023's error (deploy refuses); ``billing`` — the intent in
+        Google's words — is what this returns then.
+        """
+        if self.billing is not None:
+            return self.billing == "request-based"
+        return True if self.cpu_throttling is None else self.cpu_throttling
 
     def plain_env(self) -> dict[str, str]:
         """The literal env values (secret references left out)."""

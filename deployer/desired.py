@@ -69,8 +69,8 @@ def template_body(svc: ServiceConfig) -> JSON:
         "env": [env_var(name, value) for name, value in svc.env.items()],
         "resources": {
             "limits": {"cpu": svc.cpu, "memory": svc.memory},
-            # §1.4: always explicit once `resources` is sent; cpu_idle = cpu_throttling.
-            "cpuIdle": svc.cpu_throttling,
+            # §1.4: always explicit once `resources` is sent; cpu_idle = cpu_throttling (or billing).
+            "cpuIdle": svc.cpu_idle,
             "startupCpuBoost": svc.startup_cpu_boost,
         },
         "ports": [{"name": svc.port_name, "containerPort": svc.port}],

@@ -94,7 +94,8 @@ def test_model_classes_hold_each_section() -> None:
 def test_defaults() -> None:
     c = load(MINIMAL)
     assert c.service.timeout is None and c.service.concurrency is None
-    assert c.service.cpu_throttling is True and c.service.port_name == "http1"
+    assert c.service.cpu_throttling is None and c.service.billing is None and c.service.port_name == "http1"
+    assert c.service.cpu_idle is True  # Cloud Run's default: CPU only during requests (§1.4)
     assert c.rollout.steps == [10, 50, 100]
     assert c.state.backend == "local" and c.state.path == ".deployer/"
     assert c.endpoint is None and c.freeze == []

@@ -79,6 +79,21 @@ def test_cpu_idle_is_sent_even_when_the_config_is_silent() -> None:
     assert resources["cpuIdle"] is True and resources["startupCpuBoost"] is True
 
 
+@pytest.mark.parametrize(
+    ("keys", "cpu_idle"),
+    [
+        ("  cpu_throttling: true\n", True),
+        ("  cpu_throttling: false\n", False),
+        ("  billing: request-based\n", True),
+        ("  billing: instance-based\n", False),
+        ("  billing: instance-based\n  cpu_throttling: false\n", False),
+    ],
+)
+def test_cpu_throttling_and_billing_both_set_cpu_idle(keys: str, cpu_idle: bool) -> None:
+    # gcp-facts §1.4: cpu_idle = true ⇔ --cpu-throttling ⇔ request-based billing.
+    assert cfg(keys).service["template"]["containers"][0]["resources"]["cpuIdle"] is cpu_idle
+
+
 def test_unset_values_are_left_to_the_platform() -> None:
     t = cfg().service["template"]
     assert "timeout" not in t and "maxInstanceRequestConcurrency" not in t

@@ -224,13 +224,15 @@ def fractional_cpu(config: DeployConfig, live: Observed | None) -> Iterator[Find
             f"WebSockets per instance cannot be served.",
             'cpu: "1" (to keep concurrency above 1), or concurrency: 1',
         )
-    if not svc.cpu_throttling:
+    if not svc.cpu_idle:
+        key = "billing" if svc.billing is not None else "cpu_throttling"
+        asked = "billing: instance-based" if key == "billing" else "cpu_throttling: false"
         yield CR006.at(
             service_resource(config),
-            "service.cpu_throttling",
+            f"service.{key}",
             f'cpu {svc.cpu} is below 1, and then "The billing settings must be set to request-based billing" '
-            f"(cpu_throttling: true); cpu_throttling: false asks for CPU always allocated.",
-            'cpu: "1", or cpu_throttling: true',
+            f"(cpu_throttling: true); {asked} asks for CPU always allocated.",
+            f'cpu: "1", or {"billing: request-based" if key == "billing" else "cpu_throttling: true"}',
         )
 
 
@@ -286,7 +288,7 @@ _TIMER = re.compile(r"^WEBSOCKET_\w*INTERVAL", re.I)  # periodic work: heartbeat
 @register(CR009)
 def throttled_timers(config: DeployConfig, live: Observed | None) -> Iterator[Finding]:
     svc = config.service
-    if not svc.cpu_throttling:
+    if not svc.cpu_idle:
         return
     timers = sorted(name for name in svc.plain_env() if _TIMER.match(name))
     if not timers:
@@ -603,4 +605,34 @@ def candidate_behind_ingress(config: DeployConfig, live: Observed | None) -> Ite
         f"route the tag through the load balancer (a serverless NEG with cloudRun.tag: {config.rollout.tag}, behind "
         f"its own host in the URL map) and set gate.candidate.url (and host) to it; or run the gate from inside "
         f"the VPC",
+    )
+
+
+# ---- CR023: cpu_throttling and billing say opposite things ---------------------------------------
+# gcp-facts §1.4 and §6 claim c: gcloud "Use --cpu-throttling to enable and --no-cpu-throttling to disable";
+# "To set instance-based billing for a given service: gcloud run services update SERVICE
+# --no-cpu-throttling"; v2 cpu_idle = true ⇔ --cpu-throttling. Both keys are the one field cpu_idle, so
+# `cpu_throttling: true` with `billing: instance-based` is the seed's inverted belief, written down: the
+# config cannot say what it wants.
+CR023 = Rule("CR023", ERROR, "cpu_throttling and billing contradict each other", DOC_BILLING)
+
+
+@register(CR023)
+def throttling_contradicts_billing(config: DeployConfig, live: Observed | None) -> Iterator[Finding]:
+    svc = config.service
+    if svc.cpu_throttling is None or svc.billing is None or svc.cpu_throttling == svc.cpu_idle:
+        return
+    if svc.cpu_throttling:
+        said = "cpu_throttling: true (gcloud --cpu-throttling) ENABLES throttling — CPU only during requests"
+        fix = "cpu_throttling: false  (= --no-cpu-throttling, v2 cpu_idle: false), or remove cpu_throttling"
+    else:
+        said = "cpu_throttling: false (gcloud --no-cpu-throttling) DISABLES throttling — CPU always allocated"
+        fix = "cpu_throttling: true  (= --cpu-throttling, v2 cpu_idle: true), or remove cpu_throttling"
+    yield CR023.at(
+        service_resource(config),
+        "service.cpu_throttling",
+        f"{said} — the opposite of billing: {svc.billing}, and both keys set the one field cpu_idle. gcloud: "
+        f'"Use --cpu-throttling to enable and --no-cpu-throttling to disable"; the billing-settings page: "To set '
+        f'instance-based billing for a given service: gcloud run services update SERVICE --no-cpu-throttling".',
+        fix,
     )
