@@ -90,7 +90,7 @@ def get_logger(**context: Any) -> Any:
 def ensure_configured() -> None:
     """Send logs to stderr unless something configured them already.
 
-    structlog's unconfigured default prints to *stdout*: a ``gcp.retry`` warning during ``deployer
+    structlog's unconfigured default prints to *stdout*: a ``gcp.retry`` event during ``deployer
     plan --json`` would land inside the JSON. The CLI calls this before any command; a command that
     configures logging itself (``deploy``, ``gate``, ``localcloud up``) still does so.
     """

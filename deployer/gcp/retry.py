@@ -247,8 +247,13 @@ class RetryEvent:
 
 
 def log_retry(event: RetryEvent) -> None:
-    """The default ``on_retry``: one structlog ``gcp.retry`` event (bound context is merged in)."""
-    _log.warning(
+    """The default ``on_retry``: one structlog ``gcp.retry`` event (bound context is merged in).
+
+    Info, not warning: a retry that works is routine, and one that does not ends in the command's one
+    ``error:`` line. A terminal (CLI level warning) shows just that line; Cloud Build and pipes (level info,
+    JSON) keep every attempt.
+    """
+    _log.info(
         "gcp.retry",
         method=event.method,
         attempt=event.attempt,

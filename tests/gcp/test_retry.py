@@ -346,7 +346,7 @@ def test_each_retry_logs_one_gcp_retry_event(fake: FakeTime) -> None:
     assert logs == [
         {
             "event": "gcp.retry",
-            "log_level": "warning",
+            "log_level": "info",
             "method": "run.UpdateService",
             "attempt": 1,
             "status": 503,
@@ -356,7 +356,7 @@ def test_each_retry_logs_one_gcp_retry_event(fake: FakeTime) -> None:
         },
         {
             "event": "gcp.retry",
-            "log_level": "warning",
+            "log_level": "info",
             "method": "run.UpdateService",
             "attempt": 2,
             "status": 504,
