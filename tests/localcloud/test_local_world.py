@@ -128,6 +128,16 @@ def test_seeding_through_the_control_plane_creates_everything():
         _assert_world_reads_back(lc.endpoint)
 
 
+def test_a_misspelt_seed_key_is_refused_and_seeds_nothing():
+    with LocalCloud() as lc:
+        status, body = _post_seed(lc.endpoint, "project: elsewhere\nbackendService: [{name: bs}]\n")
+        assert status == 400
+        assert "unknown top-level key 'backendService'; did you mean 'backendServices'?" in str(body)
+        assert lc.world.project != "elsewhere"  # refused before anything was reset or created
+        status, body = _post_seed(lc.endpoint, "secrets: {}\n")  # runtime keys are known without a runtime
+        assert status == 200, body
+
+
 @pytest.mark.e2e
 def test_seeding_at_construction_creates_everything(doc):
     with LocalCloud(seed_doc=doc) as lc:

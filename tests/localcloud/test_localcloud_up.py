@@ -213,6 +213,7 @@ def test_missing_seed_file_is_one_error_line(tmp_path):
         ("project: [unclosed\n", "is not valid YAML: expected ',' or ']', but got '<stream end>' (line 2, column 1)"),
         ("- a\n- list\n", "must hold a mapping at the top level"),
         ("buckets: [{name: UPPER}]\n", "Invalid bucket name: 'UPPER'"),
+        ("service:\n  - name: chat\n", "unknown top-level key 'service'; did you mean 'services'?"),
     ],
 )
 def test_bad_seed_file_is_one_error_line(tmp_path: Path, text, expected):

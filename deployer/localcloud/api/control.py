@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from typing import Any
 
 import yaml
@@ -24,6 +25,8 @@ from deployer.localcloud.world import FaultRule, World
 # The order resources are seeded in: what is referenced must exist first. "runtime" (present when
 # revisions run as processes) takes the seed's ``secrets``/``secrets_file`` before revisions start.
 SEED_ORDER = ("runtime", "run", "compute", "storage")
+# What the runtime reads (runtime/control.py); accepted when no runtime runs (no --lb-port), as before.
+RUNTIME_SEED_KEYS = ("secrets", "secrets_file")
 
 
 async def health(request: web.Request, world: World) -> web.StreamResponse:
@@ -40,6 +43,13 @@ def seed_world(world: World, doc: dict[str, Any]) -> None:
     """Reset, then create every resource in ``doc`` through each API's own rules."""
     if not isinstance(doc, dict):
         raise ApiError(400, "seed document must be a mapping")
+    apis = (getattr(api, "seed_keys", ()) for api in world.apis.values())
+    known = {"seed", "project", "region", *RUNTIME_SEED_KEYS}.union(*apis)
+    unknown = sorted(str(k) for k in doc if k not in known)
+    if unknown:  # a misspelt key would otherwise seed nothing, silently
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ApiError(400, f"seed: unknown top-level key '{unknown[0]}'{hint} (known: {', '.join(sorted(known))})")
     world.reset(seed=doc.get("seed"))
     world.project = str(doc.get("project", world.project))
     world.region = str(doc.get("region", world.region))

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from deployer.errors import ConfigError
 from deployer.localcloud.api.common import ApiError, Route, json_response
+from deployer.localcloud.api.control import RUNTIME_SEED_KEYS
 from deployer.localcloud.runtime.images import REPO_ROOT
 from deployer.localcloud.runtime.lb import LoadBalancer
 from deployer.localcloud.runtime.processes import ProcessRuntime
@@ -37,6 +38,8 @@ class RuntimeHook:
         self.runtime.reset()
         self.lb.reset()
         self.runtime.secrets.values = dict(self.base_secrets)
+
+    seed_keys = RUNTIME_SEED_KEYS  # the seed document's top-level keys this reads
 
     def seed(self, doc: dict[str, Any]) -> None:
         try:

@@ -904,6 +904,9 @@ class State:
                     )
 
     # ==== seeding ===============================================================================
+    # the seed document's top-level keys this reads
+    seed_keys = ("networkEndpointGroups", "securityPolicies", "backendServices", "urlMaps")
+
     def seed(self, doc: dict[str, Any]) -> None:
         """Create ``networkEndpointGroups`` (each with a ``region``), ``securityPolicies``,
         ``backendServices`` (a ``securityPolicy`` key attaches that policy as setSecurityPolicy does)

@@ -304,6 +304,8 @@ class State:
             self._hash.clear()
             self._uri_base = self.world.lb_url
 
+    seed_keys = ("services",)  # the seed document's top-level keys this reads
+
     def seed(self, doc: dict[str, Any]) -> None:
         """``doc["services"]``: Cloud Run v2 Service JSON (REST shape), ``name`` = the service id (or a
         full name). Each is created through the API's own rules, then settled per the runtime."""

@@ -280,6 +280,8 @@ class State:
             self._last_generation = 0
             self._project_numbers.clear()
 
+    seed_keys = ("buckets",)  # the seed document's top-level keys this reads
+
     def seed(self, doc: dict[str, Any]) -> None:
         """Create ``doc["buckets"]`` (a list of ``{name, location?, storageClass?, labels?}``)."""
         buckets = doc.get("buckets") or []
