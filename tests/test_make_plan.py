@@ -152,7 +152,9 @@ def test_nothing_to_do_when_what_serves_is_what_the_config_says():
     run = by_kind(plan, RUN_SERVICE)[0]
     assert run.action is Action.NOOP, run.diff()
     # proto3 zeros the API leaves out (min_instances 0, session_affinity false) are not differences
-    assert run.after["template"]["sessionAffinity"] is False and "sessionAffinity" not in observed().service["template"]
+    live = observed().service
+    assert run.after is not None and live is not None
+    assert run.after["template"]["sessionAffinity"] is False and "sessionAffinity" not in live["template"]
     assert by_kind(plan, BACKEND_SERVICE)[0].action is Action.NOOP
     assert [c.action for c in by_kind(plan, ARMOR_RULE)] == [Action.CREATE, Action.NOOP, Action.NOOP]
     assert plan.counts()[Action.CREATE] == 1
@@ -224,6 +226,7 @@ def test_armor_rules_by_priority_create_update_delete_and_never_the_default_rule
 
 def test_a_rule_field_the_config_drops_is_a_change():
     o = observed()
+    assert o.security_policy is not None
     o.security_policy["rules"][0]["headerAction"] = {"requestHeadersToAdds": [{"headerName": "x", "headerValue": "y"}]}
     rule = next(c for c in by_kind(plan_for(desired(ingress="all"), o), ARMOR_RULE) if c.id.endswith("/1000"))
     assert rule.action is Action.UPDATE
@@ -239,5 +242,6 @@ def test_missing_resources_are_creates_and_preconditions_follow_what_is_live():
     now = current_preconditions(live, observed())
     assert live.moved(now) == []
     moved = observed()
+    assert moved.service is not None
     moved.service["etag"] = "etag-2"
     assert [m.key for m in live.moved(current_preconditions(live, moved))] == [f"run.service:{SVC}"]

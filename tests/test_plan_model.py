@@ -154,7 +154,9 @@ def _apply(doc: dict[str, Any], diffs: list[FieldDiff]) -> dict[str, Any]:
     for d in reversed([d for d in diffs if d.kind == "removed"]):
         node = parent(d.path)
         if isinstance(node, list):
-            node.pop(d.path[-1])
+            index = d.path[-1]
+            assert isinstance(index, int), d.path  # a list item's path ends in its index
+            node.pop(index)
         else:
             del node[d.path[-1]]
     return out

@@ -4,6 +4,7 @@ resolve, and the state layout the load balancer reads."""
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -183,13 +184,20 @@ def test_seeded_operations_ignore_faults_and_durations():
     assert all(op.done(world.clock()) for op in state.operations.values())
 
 
+def found(state: State, url_or_name: str, kind: str | None = None) -> dict[str, Any]:
+    """``state.resolve`` for a reference the test expects to resolve."""
+    resource = state.resolve(url_or_name, kind=kind)
+    assert resource is not None, url_or_name
+    return resource
+
+
 def test_resolve_full_partial_and_short_names():
     state = STATE
-    assert state.resolve(BS_URL)["name"] == "chat-bs"
-    assert state.resolve(f"projects/{PROJECT}/global/backendServices/chat-bs")["name"] == "chat-bs"
-    assert state.resolve(NEG_URL)["networkEndpointType"] == "SERVERLESS"
-    assert state.resolve("chat-neg")["selfLink"] == NEG_URL
-    assert state.resolve("chat-armor", kind="securityPolicies")["selfLink"] == SP_URL
+    assert found(state, BS_URL)["name"] == "chat-bs"
+    assert found(state, f"projects/{PROJECT}/global/backendServices/chat-bs")["name"] == "chat-bs"
+    assert found(state, NEG_URL)["networkEndpointType"] == "SERVERLESS"
+    assert found(state, "chat-neg")["selfLink"] == NEG_URL
+    assert found(state, "chat-armor", kind="securityPolicies")["selfLink"] == SP_URL
     assert state.resolve("missing") is None
     assert state.resolve(BS_URL.replace("chat-bs", "missing")) is None
     assert (

@@ -155,7 +155,7 @@ def test_without_a_journal_the_annotations_then_the_previous_tag_then_the_revisi
     bare = service([rev(NEW, 100)], NEW)
     assert choose_target(bare, []) == Target(None, "previous revision", why="needs the service's revisions")
     ready = [{"type": "Ready", "state": "CONDITION_SUCCEEDED"}]
-    revisions = [
+    revisions: list[dict[str, Any]] = [
         {"name": f"{SVC}/revisions/{NEW}", "createTime": "2026-11-26T14:00:00Z", "conditions": ready},
         {"name": f"{SVC}/revisions/{OLD}", "createTime": "2026-11-20T10:00:00Z", "conditions": ready},
         {"name": f"{SVC}/revisions/{OLDER}", "createTime": "2026-11-01T10:00:00Z", "conditions": ready},

@@ -265,7 +265,7 @@ def test_invalid_journals_are_refused(records: list[Record], why: str) -> None:
 
 
 def test_unknown_outcomes_and_resume_action() -> None:
-    base = [started(), PhaseEntered(seq=1, at=T0, name="infra"), pre(2), go(3)]
+    base: list[Record] = [started(), PhaseEntered(seq=1, at=T0, name="infra"), pre(2), go(3)]
     state = fold(base)
     assert state.phase == "infra" and state.status == "running"
     assert [e.effect for e in state.unknown_outcomes] == ["e1"]

@@ -93,7 +93,7 @@ def test_an_incomplete_rollback_finishes_rollback_incomplete_with_exit_3():
     step = next_step(CANARY, results)
     assert (step.kind, step.status) == (StepKind.FINISH, Status.ROLLBACK_INCOMPLETE)
     assert step.reason == "gate_candidate failed: Failed; the rollback left: backend service: 500"
-    assert step.status.exit_code == 3
+    assert step.status is not None and step.status.exit_code == 3
 
 
 def test_a_rollback_that_met_a_foreign_change_finishes_aborted():
