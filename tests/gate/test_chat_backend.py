@@ -14,9 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import websockets
 import yaml
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from deployer.gate import GateSpec, Outcome, Thresholds, run_gate
@@ -34,7 +33,7 @@ def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
-async def recv_json(ws: websockets.asyncio.client.ClientConnection, timeout: float = 2.0) -> dict:
+async def recv_json(ws: ClientConnection, timeout: float = 2.0) -> dict:
     return json.loads(await asyncio.wait_for(ws.recv(), timeout))
 
 

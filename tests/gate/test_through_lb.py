@@ -9,6 +9,7 @@ differently in the evidence; so must a 502 that Cloud Armor answers.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -98,6 +99,10 @@ def _world() -> dict[str, Any]:
     }
 
 
+def healthy(port: int, host: str) -> bool:
+    return get(port, "/health", host=host)[0] == 200
+
+
 @pytest.fixture(scope="module")
 def lb() -> Iterator[int]:
     with no_process_left_behind():
@@ -106,7 +111,7 @@ def lb() -> Iterator[int]:
         try:
             port = int(cloud.lb_port or 0)
             for sid in SERVICES:
-                until(lambda sid=sid: get(port, "/health", host=f"{sid}.test")[0] == 200)
+                until(partial(healthy, port, f"{sid}.test"))
             yield port
         finally:
             cloud.stop()

@@ -82,6 +82,7 @@ def test_a_good_canary_deploy(cloud, clients, data):
     with structlog.testing.capture_logs() as events:
         result = deploy(make_config(data), options(sleep=fake_sleep))
     assert (result.status, result.exit_code) == ("succeeded", 0), result.why
+    assert result.deploy_id is not None
     assert slept == [7.0, 7.0]  # one bake per traffic step, through the injected sleep
     assert [s["step"] for s in result.steps] == [
         "apply",
@@ -113,7 +114,7 @@ def test_a_good_canary_deploy(cloud, clients, data):
     assert [g.verdict for g in state.gates] == ["Passed", "Passed", "Passed"]
 
     steps = [e for e in events if e["event"] == "deploy.step"]
-    assert steps[0] | {"log_level": "info"} == {
+    assert {**steps[0], "log_level": "info"} == {
         "event": "deploy.step",
         "log_level": "info",
         "deploy_id": result.deploy_id,

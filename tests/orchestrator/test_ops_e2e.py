@@ -74,6 +74,7 @@ def test_status_history_and_why_after_a_good_and_a_rolled_back_deploy(cloud, cli
     broken["load_balancer"]["custom_request_headers"] = ["X-Forwarded-Proto: https", "X-Release: canary"]
     bad = deploy(make_config(broken), options())
     assert bad.status == "rolled_back", bad.why
+    assert good.deploy_id is not None and bad.deploy_id is not None  # both started, so both have an id
     cfg = write_config(data, tmp_path / "deploy.yaml")
 
     # status: reads only
