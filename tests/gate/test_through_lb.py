@@ -124,7 +124,7 @@ def spec(port: int, host: str, **kw: Any) -> GateSpec:
     kw.setdefault("send", '{"type":"ping"}')
     kw.setdefault("expect", '"pong"')
     kw.setdefault("app_timeout_s", 0.5)
-    return GateSpec(f"ws://127.0.0.1:{port}/ws", host=host, **kw)  # type: ignore[arg-type]
+    return GateSpec(f"ws://127.0.0.1:{port}/ws", host=host, **kw)
 
 
 async def test_a_healthy_revision_passes_through_the_lb_and_cloud_armor(lb):
