@@ -417,8 +417,8 @@ def test_one_wrong_value_in_a_real_config_names_its_line(data: st.DataObject) ->
     junk = data.draw(yaml_values)
     node = doc
     for part in path[:-1]:
-        node = node[part]  # type: ignore[index]
-    node[path[-1]] = junk  # type: ignore[index]
+        node = node[part]
+    node[path[-1]] = junk
     text = yaml.safe_dump(doc, sort_keys=False)
     try:
         parse_config(text, file="mut.yaml", environ={})

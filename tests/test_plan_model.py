@@ -193,7 +193,7 @@ def test_change_shape_must_match_its_action(action: Action, before: Any, after: 
 def test_change_is_frozen_and_keyed() -> None:
     c = sample_plan().changes[0]
     with pytest.raises(ValidationError):
-        c.action = Action.DELETE  # type: ignore[misc]
+        c.action = Action.DELETE
     assert c.key == f"run.service:{SVC}"
 
 

@@ -163,7 +163,7 @@ def build_app(world: World, routes: Iterable[Route] | None = None, *, log_reques
     app[WORLD] = world
     for route in routes if routes is not None else all_routes():
         h = _make_handler(route, world)
-        h.route = route  # type: ignore[attr-defined]
+        h.route = route
         app.router.add_route(route.http_method, route.path, h)
     return app
 

@@ -192,16 +192,16 @@ def test_gateway_timeout_and_deadline_exceeded_are_distinct_and_both_transient()
 
 def test_grpc_coded_lro_failures_map_by_their_http_code() -> None:
     # A failed Cloud Run operation raises the gRPC classes (clientlibs.md §2a): 14 → ServiceUnavailable.
-    assert is_transient(gexc.from_grpc_status(14, "unavailable"))  # type: ignore[arg-type]
-    assert is_transient(gexc.from_grpc_status(8, "quota"))  # type: ignore[arg-type]
-    assert not is_transient(gexc.from_grpc_status(9, "failed precondition"))  # type: ignore[arg-type]
-    assert not is_transient(gexc.from_grpc_status(10, "aborted"))  # type: ignore[arg-type]
+    assert is_transient(gexc.from_grpc_status(14, "unavailable"))
+    assert is_transient(gexc.from_grpc_status(8, "quota"))
+    assert not is_transient(gexc.from_grpc_status(9, "failed precondition"))
+    assert not is_transient(gexc.from_grpc_status(10, "aborted"))
 
 
 def test_library_retry_error_is_judged_by_its_cause() -> None:
     assert is_transient(gexc.RetryError("deadline", cause=google(503)))
     assert not is_transient(gexc.RetryError("deadline", cause=google(400)))
-    assert not is_transient(gexc.RetryError("deadline", cause=None))  # type: ignore[arg-type]
+    assert not is_transient(gexc.RetryError("deadline", cause=None))
 
 
 def test_socket_level_and_urllib3_errors() -> None:
