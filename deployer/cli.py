@@ -357,11 +357,18 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Exit as exc:
         return int(exc.exit_code or 0)
     except KeyboardInterrupt as exc:
+        # errors.Interrupted: the command had acted and left its journal unfinished: what, and what to run
+        message, hint = getattr(exc, "message", None), getattr(exc, "hint", None)
+        left = f": {_one_line(message)}" if message else ""
         if isinstance(exc, Terminated) or _SIGTERM_SEEN:
-            print("error: terminated by SIGTERM before the command finished", file=sys.stderr)
-            return TERMINATED_EXIT
-        print("error: interrupted by Ctrl-C (SIGINT) before the command finished", file=sys.stderr)
-        return INTERRUPTED_EXIT
+            print(f"error: terminated by SIGTERM before the command finished{left}", file=sys.stderr)
+            code = TERMINATED_EXIT
+        else:
+            print(f"error: interrupted by Ctrl-C (SIGINT) before the command finished{left}", file=sys.stderr)
+            code = INTERRUPTED_EXIT
+        if hint:
+            print(f"hint: {_one_line(hint)}", file=sys.stderr)
+        return code
     except typer.Abort:
         print("error: aborted", file=sys.stderr)
         return INTERRUPTED_EXIT

@@ -26,6 +26,9 @@ The CLI prints ``error: <message>`` (and ``hint: <hint>``) and never a traceback
     ├── RollbackIncompleteError       exit 3  a rollback could not put everything back
     └── LocalCloudError               exit 1  the embedded local cloud failed (port in use, …)
 
+    KeyboardInterrupt
+    └── Interrupted                   130/143 Ctrl-C / SIGTERM after acting: the journal is left for `resume`
+
 Raise with ``raise XError(...) from exc`` so the cause is kept for ``--debug``.
 """
 
@@ -181,3 +184,16 @@ class RollbackIncompleteError(DeployerError):
 
 class LocalCloudError(DeployerError):
     pass
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C / SIGTERM after a command had changed something and left its journal for ``deployer resume``.
+
+    Not a ``DeployerError``: it stays a ``KeyboardInterrupt`` (``finally`` blocks run, the CLI ends with the
+    signal's exit code, 130 / 143); the CLI adds ``message`` (what was left) to its one ``error:`` line
+    and prints ``hint`` (what to run)."""
+
+    def __init__(self, message: str, *, hint: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint

@@ -918,6 +918,7 @@ class Deployment:
             steps=run.steps,
             timings=run.timings,
             journal=run.journal.key,
+            resume=f"deployer resume -c {self.config.source.file}" if status is Status.ROLLBACK_INCOMPLETE else None,
         )
 
 

@@ -39,6 +39,11 @@ rule writes), then traffic; if any of it fails for good, what this rollback alre
 from its own journal (``rollback.Restorer``) and it ends ``failed``: exit 1, nothing changed. Without
 ``--infra`` the infrastructure is left as the deploy made it (journaled as remaining).
 
+**Ctrl-C / SIGTERM**: before it acted (no call that changes anything was started) the journal is
+finished ``failed`` (nothing changed) and the CLI says only that it was interrupted. Once it acted,
+the journal is left unfinished for ``deployer resume`` (which carries it forward to its target), and
+the error says so: ``errors.Interrupted``, still a ``KeyboardInterrupt`` (exit 130 / 143).
+
 Exit codes: 0 traffic moved (and infra restored, pinned, verified when asked); 1 nothing was changed
 (refused, or it failed and undid its own changes); 3 incomplete (something changed and could not be
 finished or undone, or ``--verify`` did not pass); 2 usage; 4 a live rollback/resume holds the lock.
@@ -57,7 +62,7 @@ from typing import Any, TypeVar
 import structlog
 
 from deployer.config import DeployConfig
-from deployer.errors import CloudError, ConflictError, DeployerError, LockHeldError, StaleStateError
+from deployer.errors import CloudError, ConflictError, DeployerError, Interrupted, LockHeldError, StaleStateError
 from deployer.gcp.clients import Clients
 from deployer.gcp.run_rest import RunRest
 from deployer.orchestrator import traffic
@@ -67,6 +72,7 @@ from deployer.orchestrator.journal import (
     Journal,
     JournalState,
     RestoreTarget,
+    load,
     new_deploy_id,
     restore_targets,
     what_to_undo,
@@ -138,6 +144,11 @@ class RollbackResult:
     verdict: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     journal: str | None = None
+    resume: str | None = None  # ``deployer resume -c CONFIG`` when it ended incomplete: it tries again
+
+    def finished_incomplete(self, config: DeployConfig) -> None:
+        self.status, self.exit_code = "rollback_incomplete", 3
+        self.resume = f"deployer resume -c {config.source.file}"
 
     def to_json(self) -> JSON:
         return {
@@ -157,6 +168,7 @@ class RollbackResult:
             "restored": self.restored,
             "remaining": self.remaining,
             "hints": self.hints,
+            "resume": self.resume,
             "verify": self.verdict,
             "timings": self.timings,
             "journal": self.journal,
@@ -253,17 +265,38 @@ class EmergencyRollback:
     ) -> RollbackResult:
         options = self.options
         journals = self._journals(store)
-        journal = Journal.begin(
-            store,
-            service=self.key,
-            deploy_id=rid,
-            config_digest="",
-            owner=owner,
-            operation="rollback",
-            reason=options.reason,
-            clock=options.clock,
-        )
-        self._mark("journal")
+        try:
+            journal = Journal.begin(
+                store,
+                service=self.key,
+                deploy_id=rid,
+                config_digest="",
+                owner=owner,
+                operation="rollback",
+                reason=options.reason,
+                clock=options.clock,
+            )
+            self._mark("journal")
+            return self._journaled(store, journal, journals, read, revision_read, displaced, owner)
+        except KeyboardInterrupt as exc:
+            told = self._interrupted(store, rid, exc)
+            if told is exc:
+                raise
+            raise told from exc
+
+    def _journaled(
+        self,
+        store: StateStore,
+        journal: Journal,
+        journals: list[JournalState],
+        read: Future[JSON | None],
+        revision_read: Future[JSON | None] | None,
+        displaced: LockInfo | None,
+        owner: Owner,
+    ) -> RollbackResult:
+        """From the journal begun to finished: read, choose the target, decide, carry it out."""
+        options = self.options
+        rid = journal.deploy_id
         live = self._unless_failed(journal, read.result)
         self._mark("read")
         if live is None:
@@ -301,6 +334,7 @@ class EmergencyRollback:
             why=target.why,
             from_deploy=target.journal_id,
             infra=options.infra,
+            verify=options.verify,
             preempted=preempted,
             traffic_before=before,
             pin_for_s=options.pin_for.total_seconds(),
@@ -324,6 +358,30 @@ class EmergencyRollback:
             owner=owner,
             pinned_at=options.clock(),
             revision_read=revision_read,
+        )
+
+    def _interrupted(self, store: StateStore, rid: str, exc: KeyboardInterrupt) -> KeyboardInterrupt:
+        """Ctrl-C / SIGTERM while the journal was begun or after: what to tell (``exc`` itself: nothing is left
+        for resume). Whether it acted is read from the stored journal (the interrupt may have landed between a
+        write and the writer's own bookkeeping)."""
+        try:
+            state = load(store, self.key, rid)
+        except DeployerError:  # never written (interrupted before), or unreadable: nothing this can add
+            return exc
+        if state.is_finished:
+            return exc
+        if not any(e.started for e in state.effects.values()):
+            try:  # nothing was sent: close the journal, so nothing is left for resume
+                Journal.open(store, self.key, rid, clock=self.options.clock).finish(
+                    "failed", "nothing was changed", why="interrupted before it acted"
+                )
+                return exc
+            except DeployerError as failed:
+                self.log.warning("rollback.close_failed", deploy=rid, error=str(failed))
+        self.log.error("rollback.interrupted", deploy=rid)
+        return Interrupted(
+            f"rollback {rid} had begun changing {self.config.service.name} and is left unfinished",
+            hint=f"run `deployer resume -c {self.config.source.file}` to finish it (its journal says how far it got)",
         )
 
     @staticmethod
@@ -407,7 +465,9 @@ class EmergencyRollback:
             why=target.why,
         )
         result.status = status
-        result.exit_code = 0 if status == "succeeded" else 3
+        result.exit_code = 0
+        if status != "succeeded":
+            result.finished_incomplete(self.config)
         self._mark("finished")
         result.timings = self.timings
         self.log.info("rollback.finished", status=status, to_revision=target.revision, timings=self.timings)
@@ -698,7 +758,7 @@ class EmergencyRollback:
             result.status, result.exit_code = "failed", 1
         else:
             journal.finish("rollback_incomplete", "failed, and could not put back", remaining=report.remaining)
-            result.status, result.exit_code = "rollback_incomplete", 3
+            result.finished_incomplete(self.config)
         self.log.error("rollback.finished", status=result.status, remaining=result.remaining)
         return result
 

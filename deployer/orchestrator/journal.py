@@ -20,6 +20,19 @@ Records, in the order a deploy writes them (schema: the pydantic classes below):
   effects), started / done / failed / skipped; ``finished``: succeeded | rolled_back |
   rollback_incomplete | failed | aborted, with what remains changed.
 
+**Reopening** (``deployer resume`` retrying a rollback that could not finish): a ``finished`` record is
+final, with one exception. After ``finished rollback_incomplete`` — and only then — a ``decision``
+``resume`` may follow: it reopens the same journal (the state is ``running`` again, its earlier
+``finished`` records kept in ``JournalState.earlier``), and the retry's records (rollback steps,
+effects, gates) and a second ``finished`` are appended to it. The status is the last ``finished``.
+Why the same journal and not a new one that references it: the effects to undo, their pre-images
+and how far each undo got are in this journal, and ``Restorer`` / ``what_to_undo`` work on one fold;
+the lock is keyed by the journal's id, so a retry that dies leaves an unfinished newest journal that
+``deploy`` refuses to act over and ``resume`` picks up again, exactly as for a first attempt; a second
+journal would be a new "newest operation" with no effects of its own, which ``history``, ``why``,
+``status`` and ``rollback``'s choice of target (newest journal first) would each have to see through.
+Append-only still holds: nothing is rewritten, both outcomes stay readable in order (``why``).
+
 ``fold(records)`` (pure) gives a ``JournalState``; ``what_to_undo(state)`` and
 ``restore_targets(state)`` (pure) are what rollback and resume act on. A process killed at any
 point leaves a journal that says everything needed to finish or undo: an ``effect_started``
@@ -64,6 +77,8 @@ UndoStage = Literal["none", "started", "done", "failed", "skipped"]
 ROLLBACK = "rollback"
 ABORT = "abort"
 FORCE_UNLOCK = "force_unlock"
+RESUME = "resume"  # ``deployer resume`` took the journal over (after ``rollback_incomplete``: reopens it)
+REOPENABLE: tuple[FinalStatus, ...] = ("rollback_incomplete",)  # what a ``resume`` decision may reopen
 
 
 def new_deploy_id(now: datetime, token: str | None = None) -> str:
@@ -294,6 +309,12 @@ class JournalState:
     decisions: tuple[Decision, ...] = ()
     rolling_back: bool = False
     finished: Finished | None = None
+    earlier: tuple[Finished, ...] = ()  # ``finished`` records a resume reopened, oldest first
+
+    @property
+    def reopened(self) -> bool:
+        """A resume took over this journal after it had finished (``rollback_incomplete``)."""
+        return bool(self.earlier)
 
     @property
     def deploy_id(self) -> str:
@@ -339,9 +360,18 @@ def step(state: JournalState | None, record: Record) -> JournalState:
         return JournalState(started=record, next_seq=1, last_at=record.at)
     if record.seq != state.next_seq:
         raise _fail(record, f"expected seq {state.next_seq}")
-    if state.finished is not None:
-        raise _fail(record, "nothing may follow 'finished'")
     base = replace(state, next_seq=state.next_seq + 1, last_at=record.at)
+    if state.finished is not None:
+        if isinstance(record, Decision) and record.decision == RESUME and state.finished.status in REOPENABLE:
+            return replace(
+                base,
+                finished=None,
+                earlier=(*state.earlier, state.finished),
+                decisions=(*state.decisions, record),
+            )
+        if isinstance(record, Decision) and record.decision == RESUME:
+            raise _fail(record, f"a journal finished {state.finished.status} cannot be reopened")
+        raise _fail(record, "nothing may follow 'finished' (but a 'resume' decision after rollback_incomplete)")
     effects = state.effects
 
     def effect_of(eid: str) -> EffectState:

@@ -120,8 +120,10 @@ def run_rollback(
         lines.append("  deploys refuse while the pin holds: `deployer deploy --unpin` or `deployer unpin --reason ...`")
     for line in result.remaining:
         lines.append(f"  remaining: {line}")
+    if result.resume:
+        lines.append(f"  what to run: {result.resume}   (tries again, from the journal, to finish it)")
     for hint in result.hints:
-        lines.append(f"  to finish by hand: {hint}")
+        lines.append(f"  {'or ' if result.resume else ''}to finish by hand: {hint}")
     if result.verdict:
         lines.append(f"  verify: {result.verdict}")
     lines.append(f"  journal: {result.journal}")
@@ -149,8 +151,10 @@ def run_resume(path: str, *, verify: bool = False, json_out: bool = False, strea
         lines.append(f"  {item.get('stage')}: {item.get('kind')} {str(item.get('resource', '')).rsplit('/', 1)[-1]}")
     for line in result.remaining:
         lines.append(f"  remaining: {line}")
+    if result.status == "rollback_incomplete":  # a call failed again: once its cause is fixed, the same again
+        lines.append(f"  what to run: deployer resume -c {path}   (again, once what failed is fixed)")
     for hint in result.hints:
-        lines.append(f"  to finish by hand: {hint}")
+        lines.append(f"  {'or ' if result.status == 'rollback_incomplete' else ''}to finish by hand: {hint}")
     out.write("\n".join(lines) + "\n")
     return result.exit_code
 

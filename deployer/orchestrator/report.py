@@ -147,6 +147,13 @@ class DeployResult:
     steps: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     journal: str | None = None
+    # ``deployer resume -c CONFIG`` when the rollback left something changed: it tries again from the journal
+    # (the first thing to run; ``hints`` are the by-hand commands)
+    resume: str | None = None
+
+    @property
+    def what_to_run(self) -> list[str]:
+        return ([self.resume] if self.resume else []) + self.hints
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -163,7 +170,7 @@ class DeployResult:
             "pinned_latest_to": self.pins,
             "restored": self.restored,
             "remaining": self.remaining,
-            "what_to_run": self.hints,
+            "what_to_run": self.what_to_run,
             "steps": self.steps,
             "timings_s": self.timings,
             "journal": self.journal,
@@ -219,9 +226,11 @@ def render_result(result: DeployResult, console: Console) -> None:
         console.print(Text("  still changed:", style="bold red"))
         for line in result.remaining:
             console.print(f"    - {line}")
-    if result.hints:
+    if result.what_to_run:
         console.print(Text("  what to run:", style="bold"))
+        if result.resume:
+            console.print(f"    {result.resume}   (tries again, from the journal, to put back what remains)")
         for line in result.hints:
-            console.print(f"    {line}")
+            console.print(f"    {'or by hand: ' if result.resume else ''}{line}")
     if result.journal:
         console.print(Text(f"  journal: {result.journal}", style="dim"))

@@ -15,6 +15,15 @@
 - every other deploy — the candidate not verified, a traffic step not verified, the finalize refused —
   is UNDONE: everything it touched back to its pre-image (``rollback.Restorer``).
 - ``unlock`` / ``unpin`` journals are completed (the pin cleared if their decision says so).
+- a journal that FINISHED ``rollback_incomplete`` (its undo could not put everything back: a call
+  failed, the cloud went away) is tried again, in the same journal: a ``resume`` decision reopens it
+  (``journal.py``, "Reopening", says why the same journal and not a new one), then a deploy is undone
+  again — only what is not back yet, each resource compared with what the deploy left and with its
+  pre-image before anything is written, a resource someone else changed left alone and reported — and
+  an emergency rollback is carried forward to its target again (and verified again if it was asked to
+  be). The journal then ends with a second ``finished``: both outcomes stay in it (``history``,
+  ``why``). Every other finished journal (succeeded, rolled back, failed, aborted: a foreign change is
+  for a person to look at) needs nothing.
 
 **Unknown outcomes** (an ``effect_started`` with no result: the process died during the call) are
 settled first, each by re-reading the resource and comparing it with the intended after (landed:
@@ -50,7 +59,10 @@ from deployer.orchestrator import traffic
 from deployer.orchestrator.cloud_apis import cloud_apis
 from deployer.orchestrator.journal import (
     ADMIN_OPERATIONS,
+    REOPENABLE,
+    RESUME,
     ROLLBACK,
+    Decision,
     EffectState,
     FinalStatus,
     Journal,
@@ -68,7 +80,6 @@ from deployer.plan import ANNOTATION_DEPLOY_ID, ANNOTATION_PREVIOUS, ARMOR_RULE,
 from deployer.state import StateStore, open_store
 
 JSON = dict[str, Any]
-RESUME = "resume"  # the decision resume records before it acts
 
 _log = structlog.get_logger("deployer.resume")
 
@@ -94,15 +105,37 @@ def finalize_effect(state: JournalState) -> EffectState | None:
     return found
 
 
+def rollback_intent(state: JournalState) -> Decision | None:
+    """An emergency rollback's intent: its ``rollback`` decision naming the target revision (or None)."""
+    return next((d for d in reversed(state.decisions) if d.decision == ROLLBACK and d.detail.get("to_revision")), None)
+
+
+def _left(state: JournalState) -> str:
+    """What an incomplete rollback says remains, short: ``armor.rule 50, run.service chat-backend``."""
+    assert state.finished is not None
+    names = []
+    for line in state.finished.remaining:
+        head = line.split(": ", 1)[0]
+        kind, _, rid = head.partition(" ")
+        names.append(f"{kind} {rid.rsplit('/', 1)[-1]}".strip())
+    return f"left: {', '.join(names)}" if names else state.finished.summary
+
+
 def decide(state: JournalState) -> ResumePlan:
     """What resuming ``state`` does (the module docstring's rule)."""
-    if state.is_finished:
-        return ResumePlan("nothing", f"already {state.status}")
     op = state.started.operation
+    if state.is_finished:
+        if state.status in REOPENABLE and op == "deploy":
+            return ResumePlan("undo", f"its rollback was incomplete ({_left(state)}); resume puts back what remains")
+        if state.status in REOPENABLE and op == "rollback" and rollback_intent(state) is not None:
+            return ResumePlan(
+                "rollback", f"the rollback was incomplete ({_left(state)}); resume carries it forward to its target"
+            )
+        return ResumePlan("nothing", f"already {state.status}")
     if op in ADMIN_OPERATIONS:
         return ResumePlan("admin", f"complete the {op}")
     if op == "rollback":
-        if any(d.decision == ROLLBACK and d.detail.get("to_revision") for d in state.decisions):
+        if rollback_intent(state) is not None:
             return ResumePlan("rollback", "an emergency rollback is carried forward to its target")
         return ResumePlan("void", "the rollback died before it chose a target: it changed nothing")
     if state.resume_action == "rollback":
@@ -264,15 +297,8 @@ class Resumer:
             if newest is None:
                 return ResumeResult(self.key, "nothing", 0, message="no journal: nothing to resume")
             target_id = newest.deploy_id
-            if newest.is_finished:
-                return ResumeResult(
-                    self.key,
-                    "nothing",
-                    0,
-                    deploy_id=target_id,
-                    operation=newest.started.operation,
-                    message=f"nothing to resume: the newest journal ({target_id}) is {newest.status}",
-                )
+            if newest.is_finished and decide(newest).action == "nothing":
+                return self._nothing(newest)
         lease = lock.acquire(
             target_id,
             owner,
@@ -284,10 +310,26 @@ class Resumer:
         self.log.info("resume.locked", took_over_from=holder.describe(now) if holder else None)
         try:
             journal = Journal.open(store, self.key, target_id, clock=options.clock)
+            if journal.state.is_finished:
+                # reopening a finished journal: only while it is still the newest and still to retry (a deploy
+                # or another resume may have come and gone between the read above and the lock)
+                newest = newest_operation(store, self.key)
+                if newest is None or newest.deploy_id != target_id or decide(journal.state).action == "nothing":
+                    return self._nothing(newest or journal.state)
             return self._resume(store, journal, owner)
         finally:
             with contextlib.suppress(DeployerError):
                 lease.release()
+
+    def _nothing(self, newest: JournalState) -> ResumeResult:
+        return ResumeResult(
+            self.key,
+            "nothing",
+            0,
+            deploy_id=newest.deploy_id,
+            operation=newest.started.operation,
+            message=f"nothing to resume: the newest journal ({newest.deploy_id}) is {newest.status}",
+        )
 
     def _stale_lease(self, lock: ServiceLock, holder: Any, owner: Owner) -> ResumeResult:
         """A lease whose journal was never written: the holder died before acting. Remove it once dead."""
@@ -322,8 +364,25 @@ class Resumer:
         if plan.action == "nothing":
             result.message = f"{state.deploy_id} is {state.status}: nothing to resume"
             return result
-        self.log.warning("resume.decided", action=plan.action, why=plan.why, operation=state.started.operation)
-        journal.decision(RESUME, plan.why, action=plan.action, by=owner.describe())
+        self.log.warning(
+            "resume.decided",
+            action=plan.action,
+            why=plan.why,
+            operation=state.started.operation,
+            retry_of=state.status if state.is_finished else None,
+        )
+        if state.finished is not None:  # a retry of an incomplete rollback: the decision reopens the journal
+            journal.decision(
+                RESUME,
+                plan.why,
+                action=plan.action,
+                by=owner.describe(),
+                retry_of=state.finished.status,
+                remaining=list(state.finished.remaining),
+            )
+            journal.phase("resume")
+        else:
+            journal.decision(RESUME, plan.why, action=plan.action, by=owner.describe())
         result.settled = self._settle_unknown(journal)
         if plan.action == "void":
             journal.finish("failed", "died before changing anything", why=plan.why)
@@ -397,7 +456,7 @@ class Resumer:
         from deployer.orchestrator.rollback import Restorer
 
         state = journal.state
-        if not what_to_undo(state):
+        if not what_to_undo(state) and not state.reopened:
             journal.finish("failed", "nothing it started had landed", why=why, traffic_after=self._traffic())
             return self._done(journal, result)
         if not state.rolling_back:
@@ -513,7 +572,8 @@ class Resumer:
         )
 
         state = journal.state
-        intent = next(d for d in reversed(state.decisions) if d.decision == ROLLBACK and d.detail.get("to_revision"))
+        intent = rollback_intent(state)
+        assert intent is not None  # decide() chose "rollback" only with one
         detail = intent.detail
         journals: list[JournalState] = []
         undo_from = None
@@ -534,9 +594,13 @@ class Resumer:
             masked_paths=masked,
             why=str(detail.get("why") or ""),
         )
+        # verified again when it was asked to be (--verify, recorded in its decision; older journals: a gate on
+        # the restored path), or when resume is run with --verify
+        verify = self.options.verify or bool(detail.get("verify")) or any(g.target == "restored" for g in state.gates)
         options = RollbackOptions(
             reason=state.started.reason or intent.reason,
             infra=bool(detail.get("infra")),
+            verify=verify,
             pin_for=timedelta(seconds=float(detail.get("pin_for_s") or 86400)),
             clock=self.options.clock,
             policy=self.options.policy,
@@ -548,7 +612,9 @@ class Resumer:
         runner = EmergencyRollback(self.config, options)
         live = self._settled_service()
         if live is None:
-            journal.finish("failed", "the service is gone", why="not found")
+            # a retry (reopened) had changed things in its first attempt: not "nothing changed"
+            status: FinalStatus = "rollback_incomplete" if state.reopened else "failed"
+            journal.finish(status, "the service is gone", why="not found")
             return self._done(journal, result)
         out = RollbackResult(service=self.key, status="failed", exit_code=1, rollback_id=state.deploy_id)
         runner.carry_out(

@@ -15,14 +15,23 @@ and reads back:
   the local cloud does the same. Done means the effective traffic (``trafficStatuses``: revision,
   percent, tag) equals the pre-image's.
   If the service's etag is not the one this deploy last left, someone else changed it during the
-  deploy: it is left alone (never overwritten) and reported as changed by someone else.
+  deploy: it is left alone (never overwritten) and reported as changed by someone else — unless it
+  already reads as the restore would leave it (traffic, revision, labels, annotations: a restore whose
+  answer was lost, retried by ``deployer resume``), which is ``skipped``.
 - **Backend service**: the pre-image's fields written back with the current fingerprint (a merge
   PATCH of the fields that differ; a PUT of the whole pre-image when a field must be cleared, which a
   merge patch sent through the client cannot express). Done means it reads back equal to the pre-image
-  apart from server-held fields (fingerprint, id, …).
+  apart from server-held fields (fingerprint, id, …). Before writing: its fingerprint is the one this
+  deploy's last write left, or it reads exactly as that write intended (the pre-image that write read
+  with its fields over it); anything else is someone else's change: left alone and reported.
 - **Cloud Armor rule**: absent before → ``removeRule``; removed by the deploy → ``addRule`` of the
   pre-image; changed → ``patchRule`` with the pre-image (fields it did not have cleared through the
-  update mask). Done means the rule reads back equal to the pre-image.
+  update mask). Done means the rule reads back equal to the pre-image. Before writing: it reads as this
+  deploy's last write on it intended (rules carry no fingerprint of their own, gcp-facts §5.1); anything
+  else is someone else's change: left alone and reported.
+
+Every kind: a resource already equal to its pre-image is ``skipped`` (nothing written). A resource that
+a journal-only undo (``deployer resume``) retries after a first attempt failed is judged the same way.
 
 Secret env values are masked in the journal; the in-process rollback uses the pre-images it read
 (``memory``), and a rollback from the journal alone (resume, issue 7) fills masked values from the
@@ -43,7 +52,7 @@ from deployer.errors import CloudError, DeployerError
 from deployer.gcp.cloudrun import CloudRun
 from deployer.gcp.compute import BACKEND_OUTPUT_ONLY, RULE_OUTPUT_ONLY, Compute, new_request_id
 from deployer.orchestrator import traffic
-from deployer.orchestrator.journal import Journal, JournalState, RestoreTarget, restore_targets
+from deployer.orchestrator.journal import EffectState, Journal, JournalState, RestoreTarget, restore_targets
 from deployer.orchestrator.service_status import STATUS_FIELDS
 from deployer.plan import ARMOR_RULE, BACKEND_SERVICE, RUN_SERVICE
 
@@ -162,6 +171,18 @@ def backend_restore_write(current: Mapping[str, Any], pre: Mapping[str, Any]) ->
     return "patch", {k: v for k, v in before.items() if now.get(k) != v}
 
 
+def backend_intended_after(effect: EffectState) -> JSON | None:
+    """The backend service as ``effect`` meant to leave it: the whole body of an ``update``; the pre-image it
+    read with the patched fields over it for a ``patch`` (a merge patch replaces each top-level field it
+    names). ``None`` when the journal cannot tell (no pre-image)."""
+    intended = effect.intended or {}
+    if (effect.method or "").endswith(".update"):
+        return dict(intended)
+    if effect.pre_image is None:
+        return None
+    return {**effect.pre_image, **intended}
+
+
 def _serverless_backends(bs: Mapping[str, Any]) -> bool:
     return any(
         "/regions/" in str(b.get("group", "")) and "networkEndpointGroups" in str(b.get("group", ""))
@@ -269,6 +290,8 @@ class Restorer:
             if kept is not None:  # someone changed only fields this deploy does not own: keep them
                 theirs = kept
         if expected and current.get("etag") != expected and not target.outcome_unknown and not theirs:
+            if self._already_back(target, current, pre):  # a restore (an earlier attempt's) whose answer was lost
+                return Restored(RUN_SERVICE, rid, "skipped", "already back as its pre-image (traffic and revision)")
             return Restored(
                 RUN_SERVICE,
                 rid,
@@ -304,6 +327,43 @@ class Restorer:
         if theirs:
             note += f"; someone else's change to {', '.join(sorted(theirs))} kept"
         return Restored(RUN_SERVICE, rid, "done", note, pinned=pinned)
+
+    def _already_back(self, target: RestoreTarget, current: Mapping[str, Any], pre: Mapping[str, Any]) -> bool:
+        """The service reads as restoring ``pre`` would leave it: the same effective traffic and traffic spec
+        (LATEST pinned as the restore pins it), the pre-image's revision as template, its labels and
+        annotations. Only then may an etag this deploy did not leave be taken as nobody else's change."""
+        if not traffic.same_effective(traffic.effective(current), traffic.effective(pre)):
+            return False
+        body, _ = service_restore_body(pre)
+        revision = (body.get("template") or {}).get("revision")
+        if revision and traffic.short((current.get("template") or {}).get("revision")) != traffic.short(revision):
+            return False
+        if traffic.norm_spec(current.get("traffic") or []) != traffic.norm_spec(body.get("traffic") or []):
+            return False
+        return all((current.get(k) or {}) == (pre.get(k) or {}) for k in ("labels", "annotations"))
+
+    def _last_landed(self, target: RestoreTarget) -> EffectState | None:
+        """The newest effect on the target's resource that may have landed (applied, or outcome unknown)."""
+        state = self.journal.state
+        landed = [state.effects[e] for e in target.effects if state.effects[e].outcome in ("applied", "unknown")]
+        return max(landed, key=lambda e: e.started_seq or 0) if landed else None
+
+    def _foreign_backend(self, target: RestoreTarget, current: Mapping[str, Any]) -> bool:
+        """Someone else wrote the backend service since this deploy's last write on it."""
+        if target.expected_precondition and current.get("fingerprint") == target.expected_precondition:
+            return False
+        last = self._last_landed(target)
+        after = backend_intended_after(last) if last is not None else None
+        if after is None:
+            return False  # the journal cannot tell: put back as before (the pre-image check above still holds)
+        return backend_restore_write(current, after) is not None
+
+    def _foreign_rule(self, target: RestoreTarget, current: Mapping[str, Any] | None) -> bool:
+        """The rule reads neither as this deploy's last write on it intended (nor as its pre-image: checked first)."""
+        last = self._last_landed(target)
+        if last is None:
+            return False
+        return rule_restore_write(current, last.intended) is not None
 
     def _theirs(self, target: RestoreTarget, current: Mapping[str, Any], pre: Mapping[str, Any]) -> JSON | None:
         """When the service's etag moved under the deploy: the fields someone else changed, to keep in the
@@ -370,6 +430,16 @@ class Restorer:
         write = backend_restore_write(current, pre)
         if write is None:
             return Restored(BACKEND_SERVICE, rid, "skipped", "already as before the deploy")
+        if self._foreign_backend(target, current):
+            return Restored(
+                BACKEND_SERVICE,
+                rid,
+                "failed",
+                f"changed by someone else since the deploy wrote it (fingerprint {current.get('fingerprint')}); "
+                "deployer did not overwrite it",
+                foreign=True,
+                hint=self._hint(target),
+            )
         verb, body = write
         fingerprint = str(current.get("fingerprint") or "")
         if verb == "patch":
@@ -396,6 +466,15 @@ class Restorer:
         write = rule_restore_write(current, pre)
         if write is None:
             return Restored(ARMOR_RULE, rid, "skipped", "already as before the deploy")
+        if self._foreign_rule(target, current):
+            return Restored(
+                ARMOR_RULE,
+                rid,
+                "failed",
+                f"rule {priority} was changed by someone else since the deploy wrote it; deployer did not overwrite it",
+                foreign=True,
+                hint=self._hint(target),
+            )
         verb, body, clear = write
         if verb == "remove":
             op = self.compute.remove_rule(policy, priority)
