@@ -60,6 +60,15 @@ def test_shipped_configs_load(name: str) -> None:
     assert config.source.file.endswith(name)
 
 
+def test_local_config_gates_outlast_the_flaky_image_the_readme_rehearses() -> None:
+    # README: set service.image to :flaky-1011 "and deploy again" — its sockets close 3 s after opening,
+    # so a gate hold shorter than that passes it (it did, with hold 2).
+    images = yaml.safe_load((ROOT / "configs" / "local-images.yaml").read_text())["images"]
+    fail_after = float(images["local/chat-backend:flaky-1011"]["env"]["CHAT_FAIL_AFTER"])
+    c = load_config(ROOT / "configs" / "local.yaml", environ={})
+    assert c.gate.public is not None and c.gate.public.hold > fail_after
+
+
 def test_local_config_names_the_local_world() -> None:
     c = load_config(ROOT / "configs" / "local.yaml", environ={})
     assert (c.project, c.region, c.service.name, c.service.image) == (
