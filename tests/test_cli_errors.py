@@ -16,7 +16,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -381,6 +383,45 @@ def test_plan_against_a_dead_endpoint_names_it_and_how_to_start_it(tmp_path: Pat
         f"hint: start it with: deployer localcloud up --api-port {port} --seed configs/local-world.yaml --lb-port 8080"
     )
     assert proc.stdout == ""
+
+
+class _NotAnApi(BaseHTTPRequestHandler):
+    """A web server that is not a Google API: 404 with an empty body for every path (a proxy, a wrong port)."""
+
+    def _answer(self) -> None:
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_POST = do_PATCH = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def not_an_api() -> Iterator[str]:
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _NotAnApi)
+    srv.daemon_threads = True
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.mark.parametrize("command", [["plan"], ["status"], ["deploy", "--yes"]], ids=lambda c: " ".join(c))
+def test_an_endpoint_that_is_not_a_google_api_is_not_an_empty_project(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], not_an_api: str, command: list[str]
+) -> None:
+    """Its 404s say nothing about the resources: not "5 to create", not "the service does not exist"."""
+    cfg = write_config(tmp_path, not_an_api)
+    code, out, err = run([command[0], "-c", str(cfg), *command[1:]], capsys)
+    line = one_error(err)
+    assert code == 1 and out == "", out
+    assert "HTTP 404 with an empty body — no Google API answered at that address" in line
+    assert "endpoint" in (hint_of(err) or "")
+    assert state_files(tmp_path / "state") == []
 
 
 @pytest.mark.parametrize(

@@ -167,6 +167,32 @@ def _google_message(text: str) -> str:
     return str(message) if message else text
 
 
+def _response_text(exc: BaseException) -> str | None:
+    """The body of the HTTP answer behind ``exc`` (``response`` on api_core's REST errors), if it has one."""
+    response = getattr(exc, "response", None)
+    text = getattr(response, "text", None)
+    if callable(text):  # a google.auth transport response has no .text; requests' is a str property
+        return None
+    return text if isinstance(text, str) else None
+
+
+def _no_api_answered(exc: BaseException) -> bool:
+    """A 404 whose body is empty or an HTML page: a server that is not the API (a wrong port, a proxy, a web
+    server) answered. Google's APIs answer a missing resource with a JSON ``error`` body (Run, Compute, the GCS
+    JSON API) or, for a GCS media download, a short text ("No such object: …"); reading such a 404 as "the
+    resource does not exist" would make ``plan`` propose creating everything."""
+    text = _response_text(exc)
+    if text is None:
+        return False
+    head = text.lstrip()[:64].lower()
+    return not head or head.startswith(("<!doctype", "<html"))
+
+
+def _body_kind(exc: BaseException) -> str:
+    text = (_response_text(exc) or "").strip()
+    return "an empty body" if not text else "an HTML page"
+
+
 def _detail(exc: BaseException) -> str:
     text = str(exc.message if isinstance(exc, gexc.GoogleAPICallError) else exc)
     text = _google_message(_REQUEST_PREFIX.sub("", text.strip()))
@@ -204,6 +230,14 @@ def to_cloud_error(
         return TransientCloudError(
             f"{method} still failing {tries}: {where}: {_detail(cause)}",
             hint="Google's API kept answering with a retryable error; run the command again later.",
+            **common,
+        )
+    if status == NOT_FOUND_STATUS and _no_api_answered(cause):
+        return CloudError(
+            f"{method}: HTTP 404 with {_body_kind(cause)} — no Google API answered at that address, so whether the "
+            f"resource exists is unknown",
+            hint="check the endpoint (the config's `endpoint`, or the proxy in HTTPS_PROXY / HTTP_PROXY): it should be "
+            "Google's API or `deployer localcloud up`'s --api-port, not the load balancer or another server.",
             **common,
         )
     if status == NOT_FOUND_STATUS:

@@ -84,6 +84,21 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path == "/slow":
             self.server.release.wait(5)  # type: ignore[attr-defined]
             return
+        if self.path.startswith("/foreign-404"):  # a server that is not a Google API: empty body or a web page
+            page = b"<!DOCTYPE html><html><body>Not Found</body></html>" if self.path.endswith("html") else b""
+            self.send_response(404)
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+            return
+        if self.path == "/gcs-404":  # a GCS media download's 404 is short text, not JSON
+            text = b"No such object: bucket/deployer/lock.json"
+            self.send_response(404)
+            self.send_header("Content-Type", "text/html; charset=UTF-8")
+            self.send_header("Content-Length", str(len(text)))
+            self.end_headers()
+            self.wfile.write(text)
+            return
         status = int(self.path.strip("/"))
         body = (
             b'{"error":{"code":%d,"message":"Supplied fingerprint does not match","errors":'
@@ -134,6 +149,21 @@ def test_google_error_from_a_real_response_keeps_status_and_reason(server: str) 
     err = retry.to_cloud_error(exc, method="compute.backendServices.patch")
     assert isinstance(err, ConflictError)
     assert (err.status, err.reason, err.method) == (412, "conditionNotMet", "compute.backendServices.patch")
+
+
+@pytest.mark.parametrize("path", ["/foreign-404", "/foreign-404-html"])
+def test_a_404_no_google_api_sent_is_not_read_as_not_found(server: str, path: str) -> None:
+    exc = gexc.from_http_response(_session().get(f"{server}{path}", timeout=5))
+    assert isinstance(exc, gexc.NotFound)
+    err = retry.to_cloud_error(exc, method="run.services.get")
+    assert err is not None and not isinstance(err, NotFoundError)
+    assert "no Google API answered" in err.message and err.hint is not None and "endpoint" in err.hint
+
+
+@pytest.mark.parametrize("path", ["/404", "/gcs-404"])
+def test_a_404_from_a_google_api_is_not_found(server: str, path: str) -> None:
+    exc = gexc.from_http_response(_session().get(f"{server}{path}", timeout=5))
+    assert isinstance(retry.to_cloud_error(exc, method="storage.objects.get"), NotFoundError)
 
 
 def test_connection_reset_is_transient_and_outcome_unknown(server: str) -> None:
