@@ -178,10 +178,11 @@ class RollbackResult:
 class RollbackFailed(Exception):
     """A step failed for good; ``changed``: something may have been changed by this rollback."""
 
-    def __init__(self, why: str, *, changed: bool) -> None:
+    def __init__(self, why: str, *, changed: bool, hint: str | None = None) -> None:
         super().__init__(why)
         self.why = why
         self.changed = changed
+        self.hint = hint
 
 
 def rollback(config: DeployConfig, options: RollbackOptions) -> RollbackResult:
@@ -426,7 +427,8 @@ class EmergencyRollback:
         except RollbackFailed as failed:
             return self._undo_own(journal, result, failed)
         except DeployerError as exc:
-            return self._undo_own(journal, result, RollbackFailed(str(exc), changed=bool(what_to_undo(journal.state))))
+            changed = bool(what_to_undo(journal.state))
+            return self._undo_own(journal, result, RollbackFailed(exc.message, changed=changed, hint=exc.hint))
         result.traffic_after = [s.to_json() for s in traffic.effective(after)]
         result.why = target.why
         pin = write_pin(
@@ -744,6 +746,9 @@ class EmergencyRollback:
         if not what_to_undo(journal.state):
             journal.finish("failed", "nothing was changed", why=failed.why)
             result.status, result.exit_code = "failed", 1
+            result.traffic_after = list(result.traffic_before)  # nothing moved
+            if failed.hint:
+                result.hints.append(failed.hint)
             return result
         journal.decision(ROLLBACK, f"undo this rollback's own changes: {failed.why}")
         from deployer.gcp.cloudrun import CloudRun  # the failure path: run_v2's import cost does not matter

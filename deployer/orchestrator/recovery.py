@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from deployer.config import DeployConfig, load_config
-from deployer.errors import CorruptStateError, StateError, UsageError
+from deployer.errors import CorruptStateError, DeployerError, StateError, UsageError
 
 
 class _RecoveryEnviron(Mapping[str, str]):
@@ -94,14 +94,16 @@ def run_rollback(
     if json_out:
         out.write(json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n")
         return result.exit_code
+    if result.status == "failed":  # nothing changed: an error like any other refusal (one line on stderr)
+        raise DeployerError(
+            f"rollback of {config.service.name} failed, nothing was changed: {result.why}",
+            hint=result.hints[0] if result.hints else f"its journal: {result.journal}",
+        )
     now = datetime.now(UTC)
     lines = []
     if result.status == "succeeded":
-        lines.append(
-            f"rolled back {config.service.name}: 100% to {result.revision} ({result.why}; from the {result.source})"
-        )
-    elif result.status == "failed":
-        lines.append(f"rollback of {config.service.name} FAILED, nothing was changed: {result.why}")
+        source = "" if result.source == "--to" else f"; from the {result.source}"
+        lines.append(f"rolled back {config.service.name}: 100% to {result.revision} ({result.why}{source})")
     else:
         lines.append(f"rollback of {config.service.name} INCOMPLETE: {result.why or result.verdict}")
     if result.preempted:

@@ -23,6 +23,7 @@ from deployer.orchestrator.deploy import deploy, state_key
 from deployer.orchestrator.journal import list_deploys, load
 from deployer.state.local import LocalStateStore
 from tests.orchestrator.deploy_support import (
+    SERVICE_NAME,
     config_data,
     logs_back_to_defaults,  # noqa: F401  (autouse fixture)
     make_config,
@@ -292,3 +293,22 @@ def test_a_rollback_ignores_freezes_and_status_shows_its_pin(cloud, clients, dat
     code, out, _ = run(capsys, "why", "last", "-c", cfg)
     assert code == 0 and out.startswith(f"rollback {deploys[0]['deploy_id']}")
     assert f"rollback done: traffic moved to {good.previous}" in out and "decision pin: 5xx on /ws" in out
+
+
+def test_a_rollback_to_a_revision_that_does_not_exist_is_one_error_line(cloud, clients, data, tmp_path, capsys):
+    cfg = write_config(data, tmp_path / "deploy.yaml")
+    before = clients.services().get_service(name=SERVICE_NAME).traffic_statuses
+    code, out, err = run(capsys, "rollback", "-c", cfg, "--reason", "typo", "--to", "chat-backend-nosuch")
+    assert (code, out) == (1, "")
+    errors = [line for line in err.splitlines() if not line.startswith("{")]
+    assert errors == [
+        "error: rollback of chat-backend failed, nothing was changed: revision chat-backend-nosuch of chat-backend "
+        "does not exist",
+        "hint: `gcloud run revisions list --service ...` lists them",
+    ]
+    assert clients.services().get_service(name=SERVICE_NAME).traffic_statuses == before
+
+    code, out, _ = run(capsys, "rollback", "-c", cfg, "--reason", "typo", "--to", "chat-backend-nosuch", "--json")
+    doc = json.loads(out)
+    assert (code, doc["status"]) == (1, "failed")
+    assert doc["traffic_after"] == doc["traffic_before"] != []  # nothing moved, and the JSON says where it is
