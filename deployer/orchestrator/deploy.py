@@ -79,7 +79,7 @@ from deployer.orchestrator.journal import (
 )
 from deployer.orchestrator.lock import HEARTBEAT_EVERY, LOCK_TTL, HolderJournal, LockInfo, ServiceLock, holder_alive
 from deployer.orchestrator.owner import Owner
-from deployer.orchestrator.phases import Result, Shape, Status, Step, StepKind, next_step
+from deployer.orchestrator.phases import INTERRUPTED, Result, Shape, Status, Step, StepKind, next_step
 from deployer.orchestrator.report import DeployResult, NullReporter, Reporter
 from deployer.orchestrator.rollback import Restorer, backend_restore_write, rule_restore_write
 from deployer.plan import (
@@ -535,7 +535,7 @@ class Deployment:
         except StaleStateError:
             raise
         except Aborted as exc:
-            return Result(step, False, f"interrupted: {exc}")
+            return Result(step, False, f"{INTERRUPTED}{exc}")
         except DeployerError as exc:
             return Result(step, False, str(exc))
         except Exception as exc:  # a bug must not leave resources half-changed: roll back, say what broke

@@ -30,6 +30,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+# How a step's result begins when the deploy was interrupted in it (Ctrl-C, SIGTERM, a preempting rollback).
+INTERRUPTED = "interrupted: "
+
 
 class StepKind(StrEnum):
     APPLY = "apply"
@@ -157,7 +160,11 @@ def next_step(
             return Step(StepKind.VERIFY)
         return Step(StepKind.FINISH, status=Status.ROLLED_BACK, reason=rollback.step.reason)
     failed = next((r for r in results if not r.ok), None)
-    why = f"{failed.step.label} failed: {failed.why}" if failed is not None else None
+    why = None
+    if failed is not None:  # an interruption is not the step's verdict: say it was stopped, not that it failed
+        stopped = failed.why.removeprefix(INTERRUPTED)
+        why = f"interrupted during {failed.step.label}: {stopped}" if stopped != failed.why else None
+        why = why or f"{failed.step.label} failed: {failed.why}"
     if why is None and abort is not None:
         pending = [s for s in forward(shape) if not any(r.step.same(s) for r in results)]
         if pending and pending[0].kind is not StepKind.FINISH:

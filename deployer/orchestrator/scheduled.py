@@ -38,7 +38,7 @@ def freeze_override(override_freeze: bool, reason: str | None) -> FreezeOverride
             "--override-freeze needs --reason TEXT (it is journaled with who overrode the freeze, and why)"
         )
     if text and not override_freeze:
-        raise UsageError("--reason explains an override: use it with --override-freeze")
+        raise UsageError("--reason explains an override: use it with --override-freeze or --unpin")
     return FreezeOverride(text) if override_freeze else None
 
 

@@ -279,7 +279,7 @@ def test_an_interrupt_rolls_back(cloud, clients, data):
     deployment.options.sleep = interrupted
     result = asyncio.run(deployment.run())
     assert (result.status, result.exit_code) == ("rolled_back", 1)
-    assert "interrupted: SIGINT received" in str(result.why)
+    assert "interrupted during bake 50%: SIGINT received" in str(result.why)
     assert [(s["step"], s["ok"]) for s in result.steps][-3:] == [
         ("bake 50%", False),
         ("rollback", True),

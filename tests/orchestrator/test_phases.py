@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from deployer.orchestrator.phases import Result, Shape, Status, Step, StepKind, forward, next_step
+from deployer.orchestrator.phases import INTERRUPTED, Result, Shape, Status, Step, StepKind, forward, next_step
 
 CANARY = Shape(infra=True, candidate=True, steps=(10, 50, 100), bake_s=5)
 
@@ -76,6 +76,14 @@ def test_a_failed_apply_that_touched_nothing_finishes_failed_without_rollback():
     assert step.kind is StepKind.FINISH and step.status is Status.FAILED
     assert step.reason == "apply failed: 400 Invalid value (nothing was changed)"
     assert step.status.exit_code == 1
+
+
+def test_a_step_interrupted_midway_reads_as_an_interruption_not_a_failure():
+    results = [Result(Step(StepKind.APPLY), ok=True), Result(Step(StepKind.GATE_CANDIDATE), ok=False,
+               why=f"{INTERRUPTED}SIGINT received")]  # fmt: skip
+    step = next_step(CANARY, results, abort="SIGINT received")
+    assert step.kind is StepKind.ROLLBACK
+    assert step.reason == "interrupted during gate_candidate: SIGINT received"
 
 
 def test_an_abort_between_steps_rolls_back_before_the_next_one():
