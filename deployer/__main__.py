@@ -1,5 +1,5 @@
 import sys
 
-from deployer.cli import main
+from deployer.entry import main
 
 sys.exit(main())
