@@ -76,7 +76,27 @@ def report_json(path: str, config: DeployConfig, findings: list[Finding], *, liv
     }
 
 
+_KEY_WIDTH = 30  # config keys fold past this; the finding column gets the rest
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
+
+
+def _table(resource: str, items: list[Finding]) -> Any:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=Text(resource, style="bold"), title_justify="left", show_lines=True)
+    table.add_column("", no_wrap=True)
+    table.add_column("code", no_wrap=True)
+    table.add_column("config key", overflow="fold", max_width=_KEY_WIDTH)
+    table.add_column("finding and fix", overflow="fold")
+    for f in items:
+        where = f"{f.field}\nline {f.line}" if f.line else f.field
+        body = Text(f.message)
+        body.append("\nfix: ", style="bold green")
+        body.append(f.fix)
+        body.append(f"\n{f.doc_url}", style="dim")
+        table.add_row(Text(f.severity.value, style=_STYLE[f.severity]), f.code, where, body)
+    return table
 
 
 def _grouped(findings: Iterable[Finding]) -> dict[str, list[Finding]]:
@@ -86,28 +106,27 @@ def _grouped(findings: Iterable[Finding]) -> dict[str, list[Finding]]:
     return dict(sorted(groups.items(), key=lambda kv: (min(f.severity.rank for f in kv[1]), kv[0])))
 
 
-def render_table(path: str, findings: list[Finding], *, live: bool, stream: TextIO) -> None:
-    """A table per resource: severity, code, config key (with its line), the finding and its fix."""
+def render_table(path: str, findings: list[Finding], *, live: bool, stream: TextIO, width: int | None = None) -> None:
+    """A table per resource: severity, code, config key (with its line), the finding and its fix.
+
+    Nothing a reviewer must read is cut: every column folds a word too long for it (``overflow="fold"``)
+    instead of ending it with ``…``. On a terminal the tables fit its width; anywhere else (a pipe, a CI
+    log) there is no terminal to fit, so the console is made wide enough that every documentation URL
+    stays on one line, whole and copyable. ``width`` overrides both (tests)."""
     from rich.console import Console
-    from rich.table import Table
+    from rich.measure import Measurement
     from rich.text import Text
 
-    width = max(shutil.get_terminal_size((120, 24)).columns, 100)
+    tables = [_table(resource, items) for resource, items in _grouped(findings).items()]
+    if width is None:
+        width = max(shutil.get_terminal_size((120, 24)).columns, 100)
+        if not (hasattr(stream, "isatty") and stream.isatty()):
+            probe = Console(file=stream, width=10_000)
+            needed = [Measurement.get(probe, probe.options, t).minimum for t in tables]
+            width = max([width, *needed])
     console = Console(file=stream, width=width, soft_wrap=False, highlight=False)
     mode = "live" if live else "offline"
-    for resource, items in _grouped(findings).items():
-        table = Table(title=Text(resource, style="bold"), title_justify="left", show_lines=True, expand=True)
-        table.add_column("", no_wrap=True)
-        table.add_column("code", no_wrap=True)
-        table.add_column("config key", overflow="fold", ratio=2)
-        table.add_column("finding and fix", ratio=5)
-        for f in items:
-            where = f"{f.field}\nline {f.line}" if f.line else f.field
-            body = Text(f.message)
-            body.append("\nfix: ", style="bold green")
-            body.append(f.fix)
-            body.append(f"\n{f.doc_url}", style="dim")
-            table.add_row(Text(f.severity.value, style=_STYLE[f.severity]), f.code, where, body)
+    for table in tables:
         console.print(table)
     counts = summary(findings)
     verdict = Text("refused" if counts["error"] else "ok", style="bold red" if counts["error"] else "bold green")

@@ -79,9 +79,11 @@ class FieldDiff(BaseModel):
         return f"~ {self.path_str()}: {_show(self.before)} → {_show(self.after)}"
 
 
-def _show(value: Any, limit: int = 100) -> str:
-    text = value if is_masked(value) else json.dumps(value, ensure_ascii=False, sort_keys=False)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def _show(value: Any) -> str:
+    """The whole value, never abbreviated: a plan shows exactly what it will write (a Cloud Armor
+    expression, an env value), and ``status --json`` drift carries these strings too. A long line is
+    the renderer's to fold (rich wraps it), never this function's to cut."""
+    return value if is_masked(value) else json.dumps(value, ensure_ascii=False, sort_keys=False)
 
 
 def _same(a: Any, b: Any) -> bool:
