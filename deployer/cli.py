@@ -71,7 +71,10 @@ def gate(
         str | None, typer.Option("--host", help="Host header, e.g. TAG---SERVICE.localhost for a tagged revision.")
     ] = None,
     p95_ms: Annotated[float | None, typer.Option("--p95-ms", help="Handshake p95 limit (default 5000).")] = None,
-    min_samples: Annotated[int, typer.Option("--min-samples", help="Fewer measured: Inconclusive.")] = 10,
+    min_samples: Annotated[
+        int | None,
+        typer.Option("--min-samples", help="Fewer measured: Inconclusive (default 10, or --connections if fewer)."),
+    ] = None,
     open_timeout: Annotated[float, typer.Option("--open-timeout", help="Seconds for connect+TLS+upgrade.")] = 10.0,
     ping_timeout: Annotated[float, typer.Option("--ping-timeout", help="Seconds to wait for each pong.")] = 5.0,
     app_timeout: Annotated[float, typer.Option("--app-timeout", help="Seconds to wait for --expect.")] = 5.0,

@@ -446,6 +446,9 @@ class RolloutConfig(_Model):
         return steps
 
 
+_GATE_MIN_SAMPLES = 10  # = deployer.gate.verdict.DEFAULT_MIN_SAMPLES (not imported: that package loads websockets)
+
+
 class GateOptions(_Model):
     """The options of ``deployer gate`` for one target (see ``deployer gate --help``)."""
 
@@ -465,7 +468,18 @@ class GateOptions(_Model):
     subprotocol: str | None = None
     origin: str | None = None
     p95_ms: Annotated[float, BeforeValidator(_to_float), Field(gt=0)] | None = None
-    min_samples: Annotated[int, Field(ge=1)] = 10
+    # Default: 10 (deployer/gate/verdict.py DEFAULT_MIN_SAMPLES), or every connection when fewer are
+    # asked for, as `deployer gate` does; a min_samples written above connections is refused below.
+    min_samples: Annotated[int, Field(ge=1)] = _GATE_MIN_SAMPLES
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_min_samples(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "min_samples" not in data:
+            connections = data.get("connections")
+            if type(connections) is int and 1 <= connections < _GATE_MIN_SAMPLES:
+                return {**data, "min_samples": connections}
+        return data
 
     @field_validator("expect")
     @classmethod

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from deployer.errors import UsageError
 from deployer.gate.spec import GateSpec, parse_header
-from deployer.gate.verdict import Thresholds
+from deployer.gate.verdict import DEFAULT_MIN_SAMPLES, Thresholds
 
 T = TypeVar("T")
 
@@ -43,7 +43,7 @@ def build_spec(
     origin: str | None,
     host: str | None,
     p95_ms: float | None,
-    min_samples: int,
+    min_samples: int | None,
     open_timeout_s: float,
     ping_timeout_s: float,
     app_timeout_s: float,
@@ -59,8 +59,9 @@ def build_spec(
         raise UsageError(f"environment variable {bearer_env} (--bearer-env) is empty or not set")
     if ca_file is not None and not os.path.isfile(ca_file):
         raise UsageError(f"--ca-file {ca_file}: " + ("is a directory" if os.path.isdir(ca_file) else "no such file"))
+    _check_thresholds(p95_ms=p95_ms, max_failure_ratio=max_failure_ratio, max_error_ratio=max_error_ratio)
     thresholds = Thresholds(
-        min_samples=min_samples,
+        min_samples=resolve_min_samples(min_samples, connections),
         max_failure_ratio=max_failure_ratio,
         max_error_ratio=max_error_ratio,
         **({"handshake_p95_ms": p95_ms} if p95_ms is not None else {}),
@@ -87,6 +88,31 @@ def build_spec(
         ca_file=ca_file,
         thresholds=thresholds,
     )
+
+
+def resolve_min_samples(given: int | None, connections: int) -> int:
+    """``--min-samples``: the default asks for 10 measured connections, or every one of fewer (``-n 3``
+    needs 3, so a healthy target can pass); a value given on purpose that is more than ``--connections``
+    could never be met, so it is refused rather than ending every run Inconclusive."""
+    if given is None:
+        return max(1, min(DEFAULT_MIN_SAMPLES, connections))
+    if given < 1:
+        raise UsageError(f"--min-samples: must be at least 1 (got {given})")
+    if connections >= 1 and given > connections:
+        raise UsageError(
+            f"--min-samples: {given} is more than --connections {connections}, so the gate could never pass "
+            f"(at most {connections}; leave it out to require every connection)"
+        )
+    return given
+
+
+def _check_thresholds(*, p95_ms: float | None, max_failure_ratio: float, max_error_ratio: float) -> None:
+    """The threshold flags, each refused under its own name (``Thresholds`` names fields, not flags)."""
+    if p95_ms is not None and not p95_ms > 0:
+        raise UsageError(f"--p95-ms: must be a positive number of milliseconds (got {p95_ms:g})")
+    for flag, value in (("--max-failure-ratio", max_failure_ratio), ("--max-error-ratio", max_error_ratio)):
+        if not 0.0 <= value <= 1.0:
+            raise UsageError(f"{flag}: must be a fraction between 0 and 1 (got {value:g})")
 
 
 def run_command(spec: GateSpec, *, json_out: bool, verbose: bool = False) -> int:

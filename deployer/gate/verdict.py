@@ -162,11 +162,16 @@ class Observation:
         return {k: v for k, v in out.items() if v not in (None, "", [], ())}
 
 
+# Measured connections a verdict needs by default (``deployer gate`` and the config lower it to the
+# connection count when fewer are asked for; deployer/config.py GateOptions mirrors this number).
+DEFAULT_MIN_SAMPLES = 10
+
+
 @dataclass(frozen=True)
 class Thresholds:
     """What "good" means. Ratios are fractions of connections; times are milliseconds (None: not checked)."""
 
-    min_samples: int = 10
+    min_samples: int = DEFAULT_MIN_SAMPLES
     max_failure_ratio: float = 0.0
     max_error_ratio: float = 0.1
     handshake_p50_ms: float | None = None
