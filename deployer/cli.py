@@ -12,6 +12,25 @@ from typing import Annotated, Any
 
 import typer
 
+
+def _flags_take_no_value() -> None:
+    """``--help`` lists a boolean flag without a type: typer 0.29 prints ``--yes -y <bool>`` (even
+    ``--help <bool>``), as if the flag took a value; it takes none (``--yes true`` is an extra argument).
+    Only the help's type column changes; parsing is typer's own. Skipped if typer renders types otherwise."""
+    from typer.core import TyperOption
+
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None:
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag and not self.count else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_take_no_value()
+
 app = typer.Typer(
     name="deployer",
     help="Deploy WebSocket services to Cloud Run behind a global external Application Load Balancer "
@@ -194,7 +213,9 @@ def deploy(
 @app.command("rollback")
 def rollback(
     config: Annotated[str, typer.Option("--config", "-c", help="The deploy config (YAML).")],
-    reason: Annotated[str | None, typer.Option("--reason", help="Why (journaled, and shown with the pin).")] = None,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Why (journaled, and shown with the pin). Required.")
+    ] = None,
     to: Annotated[str | None, typer.Option("--to", help="The revision to move traffic to (default: last good).")] = (
         None
     ),
@@ -236,7 +257,7 @@ def resume(
 @app.command("unpin")
 def unpin(
     config: Annotated[str, typer.Option("--config", "-c", help="The deploy config (YAML).")],
-    reason: Annotated[str | None, typer.Option("--reason", help="Why (journaled).")] = None,
+    reason: Annotated[str | None, typer.Option("--reason", help="Why (journaled). Required.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="The result as JSON on stdout.")] = False,
 ) -> None:
     """Clear an emergency rollback's pin (journaled), so deploys may run again."""
@@ -249,7 +270,7 @@ def unpin(
 def unlock(
     config: Annotated[str, typer.Option("--config", "-c", help="The deploy config (YAML).")],
     force: Annotated[bool, typer.Option("--force", help="Remove the lease whoever holds it (required).")] = False,
-    reason: Annotated[str | None, typer.Option("--reason", help="Why (journaled).")] = None,
+    reason: Annotated[str | None, typer.Option("--reason", help="Why (journaled). Required with --force.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="The result as JSON on stdout.")] = False,
 ) -> None:
     """Remove the service lock by force (journaled); a holder that is still running stops at its next check."""
