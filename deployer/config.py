@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import os
 import re
 import stat
 import types
@@ -513,7 +514,14 @@ class GateConfig(_Model):
 
 
 class StateConfig(_Model):
-    """Where the journal and the lock live: a local directory, or a Cloud Storage bucket + prefix."""
+    """Where the journal and the lock live: a local directory, or a Cloud Storage bucket + prefix.
+
+    A relative ``path`` is relative to the directory of the config file, not to the current directory:
+    the config names the environment, so every command run with it, from anywhere, takes the same lock
+    and reads the same journal. ``load_config`` makes it absolute (``-c /dev/stdin``: against the current
+    directory), and refuses a path that names an existing file (``state.path: README.md``) as a
+    ``ConfigError``. A config built from text or data (``parse_config``) keeps it as written.
+    """
 
     backend: Literal["local", "gcs"] = "local"
     path: str = ".deployer/"
@@ -705,7 +713,39 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
         raise ConfigError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=name) from exc
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", file=name) from exc
-    return parse_config(text, file=name, environ=environ)
+    return anchor_state(parse_config(text, file=name, environ=environ), config_dir(p))
+
+
+def config_dir(path: Path) -> Path:
+    """The directory a config's relative ``state.path`` is taken from: the config file's own (symlinks
+    followed); the current directory for a stream (``-c /dev/stdin``, ``/dev/fd/N``, a pipe)."""
+    parts = Path(os.path.abspath(path)).parts
+    if parts[1:2] in (("dev",), ("proc",)) or not path.is_file():
+        return Path.cwd()
+    return path.resolve().parent
+
+
+def anchor_state(config: DeployConfig, base: Path) -> DeployConfig:
+    """``config`` with a local ``state.path`` made absolute against ``base``; a path that can never be a
+    directory (it, or a parent, is an existing file) is a ``ConfigError`` at ``state.path``'s line."""
+    state = config.state
+    if state.backend != "local":
+        return config
+    path = Path(os.path.normpath(base / Path(state.path).expanduser()))  # an absolute path stays itself
+    for existing in (path, *path.parents):
+        if not existing.exists():
+            continue
+        if not existing.is_dir():
+            what = "is a file" if existing == path else f"cannot be a directory: {existing} is a file"
+            raise ConfigError(
+                f"{state.path!r} ({path}) {what}; it names the directory for the journal and the lock",
+                file=config.source.file,
+                line=config.source.line_of(("state", "path")),
+                key="state.path",
+                hint="name a directory (the default .deployer/ sits beside the config), or use backend: gcs",
+            )
+        break
+    return config.model_copy(update={"state": state.model_copy(update={"path": str(path)})})
 
 
 def parse_config(text: str, *, file: str = "<config>", environ: Mapping[str, str] | None = None) -> DeployConfig:

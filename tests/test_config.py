@@ -84,7 +84,7 @@ def test_local_config_names_the_local_world() -> None:
         "chat-armor",
     )
     assert c.endpoint == "http://127.0.0.1:8480"
-    assert (c.state.backend, c.state.path) == ("local", ".deployer/")
+    assert (c.state.backend, c.state.path) == ("local", str(ROOT / "configs" / ".deployer"))  # beside the config
 
 
 def test_model_classes_hold_each_section() -> None:

@@ -5,7 +5,12 @@ outcome, who ran it (user@host, or the Cloud Build id), when, how long, the revi
 moved traffic to), and why it ended as it did. ``render_history`` prints them (a table on a TTY, the
 same table plain otherwise); ``DeploySummary.to_json`` is the ``--json`` shape. ``read_history`` is
 the thin reader over the state store: a journal that cannot be read is listed as ``unreadable`` with
-the reason, never skipped in silence.
+the reason, never skipped in silence. Order: ``journal.newest_first_or_error`` (by when each started).
+
+A journal that never finished says ``running`` whether its process runs or was killed: ``process_gone``
+(pure, over the service lock as read and whether its holder's process is alive, ``lock.holder_alive``)
+tells them apart, and ``mark_gone`` marks the dead ones, shown as ``interrupted`` with
+``deployer resume`` to finish or roll them back.
 
 Nothing here holds a secret: journals mask secret env values, and summaries carry names only.
 """
@@ -13,16 +18,18 @@ Nothing here holds a secret: journals mask secret env values, and summaries carr
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
 from deployer.errors import DeployerError
-from deployer.orchestrator.journal import JournalState, list_deploys, load
+from deployer.orchestrator.journal import JournalState, newest_first_or_error
+from deployer.orchestrator.lock import LockInfo
 from deployer.orchestrator.owner import Owner
 from deployer.plan import ANNOTATION_DEPLOY_ID, ANNOTATION_PREVIOUS, ARMOR_RULE, RUN_SERVICE
 from deployer.state import StateStore
@@ -38,6 +45,8 @@ STATUS_STYLE = {
     "running": "cyan",
     "unreadable": "bold red",
 }
+GONE_STYLE = "bold red"
+RESUME_HINT = "`deployer resume -c CONFIG` finishes or rolls it back"
 
 
 def when_text(at: datetime | None) -> str:
@@ -95,6 +104,7 @@ class DeploySummary:
     remaining: tuple[str, ...] = ()
     decisions: tuple[str, ...] = ()  # "rollback: why", "override_freeze: why", ...
     error: str | None = None  # why the journal could not be read (status "unreadable")
+    gone: str | None = None  # running, but its process is known to be gone: why we know (``process_gone``)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -102,10 +112,11 @@ class DeploySummary:
         return self.finished_at is not None
 
     def duration_s(self, now: datetime | None = None) -> float | None:
-        """Finished: start to finish. Running: start to ``now`` (or to its last record)."""
+        """Finished: start to finish. Running: start to ``now`` (or to its last record). Its process gone:
+        start to its last record."""
         if self.started_at is None:
             return None
-        end = self.finished_at or now or self.last_at
+        end = self.finished_at or (self.last_at if self.gone else None) or now or self.last_at
         return None if end is None else max(0.0, (end - self.started_at).total_seconds())
 
     @property
@@ -135,6 +146,7 @@ class DeploySummary:
             "remaining": list(self.remaining),
             "decisions": list(self.decisions),
             "error": self.error,
+            "process_gone": self.gone,
             **dict(self.extra),
         }
 
@@ -198,18 +210,50 @@ def unreadable(deploy_id: str, error: str, service: str = "") -> DeploySummary:
 
 
 def read_history(store: StateStore, service_key: str, *, limit: int | None = DEFAULT_LIMIT) -> list[DeploySummary]:
-    """The newest ``limit`` deploys of ``service_key`` (None: all), newest first."""
-    ids = list_deploys(store, service_key)
-    out = []
-    for deploy_id in ids if limit is None else ids[:limit]:
-        try:
-            out.append(summarize(load(store, service_key, deploy_id)))
-        except DeployerError as exc:
-            out.append(unreadable(deploy_id, exc.message, service_key))
+    """The newest ``limit`` deploys of ``service_key`` (None: all), newest first by when they started."""
+    out: list[DeploySummary] = []
+    for deploy_id, state in newest_first_or_error(store, service_key):
+        if limit is not None and len(out) >= limit:
+            break
+        if isinstance(state, DeployerError):
+            out.append(unreadable(deploy_id, state.message, service_key))
+        else:
+            out.append(summarize(state))
     return out
 
 
+def process_gone(item: DeploySummary, lock: LockInfo | None, *, now: datetime, holder_alive: bool | None) -> str | None:
+    """Why ``item``, whose journal says ``running``, has no live process behind it; ``None`` when it may
+    still run (or is not running at all). Pure: ``lock`` is the service lock as read (``None``: free) and
+    ``holder_alive`` what ``lock.holder_alive`` says of its holder (``None``: cannot tell, another host).
+
+    A deploy holds the lock from before its journal starts until after it finishes (resume takes it
+    under the same id), so a running journal whose id does not hold the lock lost its process — what
+    ``deploy`` itself concludes before it refuses (``its process died``)."""
+    if item.status != "running" or item.finished:
+        return None
+    if lock is None:
+        return "its process is gone: it never finished and the service lock is free"
+    if lock.deploy_id != item.deploy_id:
+        return f"its process is gone: the service lock is held by {lock.purpose} {lock.deploy_id}"
+    if holder_alive is False:
+        return f"its process is gone (pid {lock.owner.pid} on {lock.owner.host})"
+    if lock.expired(now):
+        ago = (now - lock.expires_at).total_seconds()
+        return f"its process is gone or stuck: its lease expired {ago:.0f} s ago"
+    return None
+
+
+def mark_gone(
+    items: Iterable[DeploySummary], lock: LockInfo | None, *, now: datetime, holder_alive: bool | None
+) -> list[DeploySummary]:
+    """``items`` with ``gone`` set on each running one whose process is gone (``process_gone``)."""
+    return [replace(i, gone=process_gone(i, lock, now=now, holder_alive=holder_alive)) for i in items]
+
+
 def outcome_text(item: DeploySummary) -> Text:
+    if item.gone:
+        return Text("interrupted", style=GONE_STYLE)
     word = item.status.replace("_", " ")
     return Text(word, style=STATUS_STYLE.get(item.status, "bold"))
 
@@ -222,38 +266,93 @@ def revision_text(item: DeploySummary) -> str:
     return item.revision
 
 
+TABLE_MIN_WIDTH = 150  # below this a table cannot show id, outcome, who, revision and why: one block each
+
+
+def _why_text(item: DeploySummary) -> str:
+    if item.gone:
+        return f"{item.gone}; {RESUME_HINT}"
+    why = item.error or item.why or item.reason or ""
+    if item.reason and item.why and item.reason != item.why:
+        why = f"{item.why} (reason: {item.reason})"
+    return why
+
+
+def _took_text(item: DeploySummary, now: datetime | None) -> str:
+    took = duration_text(item.duration_s(now))
+    return f"{took}…" if not item.finished and item.status == "running" and not item.gone else took
+
+
+def _started_text(item: DeploySummary) -> str:
+    return f"{item.started_at.astimezone(UTC):%Y-%m-%d %H:%M:%S}" if item.started_at else "?"
+
+
+def _cell_len(value: str | Text) -> int:
+    return Text(value).cell_len if isinstance(value, str) else value.cell_len
+
+
 def render_history(
     items: Iterable[DeploySummary], console: Console, *, service: str, now: datetime | None = None
 ) -> None:
-    """The history table, newest first (``—`` in revision: a deploy of infrastructure only)."""
+    """The history, newest first (``—`` in revision: a deploy of infrastructure only): a table on a wide
+    console (and when piped), one block per deploy on a narrow one. The deploy id (what ``why`` takes)
+    and the outcome are never cut; ``why`` wraps."""
     rows = list(items)
     if not rows:
         console.print(f"no deploys of {service} in the journal yet")
         return
-    table = Table(title=f"history of {service} (newest first)", title_justify="left", box=None, pad_edge=False)
-    table.add_column("deploy", no_wrap=True)
-    table.add_column("op", no_wrap=True)
-    table.add_column("outcome", no_wrap=True)
-    table.add_column("started (UTC)", no_wrap=True)
-    table.add_column("took", justify="right", no_wrap=True)
-    table.add_column("who", no_wrap=True)
-    table.add_column("revision", no_wrap=True)
-    table.add_column("why", overflow="fold", ratio=1)  # the one column that wraps
-    for item in rows:
-        took = duration_text(item.duration_s(now))
-        if not item.finished and item.status == "running":
-            took = f"{took}…"
-        why = item.error or item.why or item.reason or ""
-        if item.reason and item.why and item.reason != item.why:
-            why = f"{item.why} (reason: {item.reason})"
-        table.add_row(
+    if console.width < TABLE_MIN_WIDTH:
+        _render_blocks(rows, console, service=service, now=now)
+        return
+    cells = [
+        (
             item.deploy_id,
             item.operation,
             outcome_text(item),
-            f"{item.started_at.astimezone(UTC):%Y-%m-%d %H:%M:%S}" if item.started_at else "?",
-            took,
+            _started_text(item),
+            _took_text(item, now),
             item.who,
             revision_text(item),
-            why,
+            _why_text(item),
         )
+        for item in rows
+    ]
+
+    def widest(column: int) -> int:
+        return max(_cell_len(c[column]) for c in cells)
+
+    table = Table(title=f"history of {service} (newest first)", title_justify="left", box=None, pad_edge=False)
+    # never cut: the id (what `why` takes), op, outcome, start, duration and the revision name
+    table.add_column("deploy", no_wrap=True, min_width=widest(0))
+    table.add_column("op", no_wrap=True, min_width=widest(1))
+    table.add_column("outcome", no_wrap=True, min_width=widest(2))
+    table.add_column("started (UTC)", no_wrap=True, min_width=widest(3))
+    table.add_column("took", justify="right", no_wrap=True, min_width=widest(4))
+    table.add_column("who", overflow="fold")
+    table.add_column("revision", no_wrap=True, min_width=widest(6))
+    table.add_column("why", overflow="fold", ratio=1)  # the one column that grows
+    for row in cells:
+        table.add_row(*row)
     console.print(table)
+
+
+def _render_blocks(rows: list[DeploySummary], console: Console, *, service: str, now: datetime | None) -> None:
+    """A narrow console: per deploy, its id, op, outcome, start and duration on one line (never cut), then
+    who and the revision, then why, each wrapped under it."""
+    console.print(Text(f"history of {service} (newest first)", style="italic"))
+    for item in rows:
+        head = Text(item.deploy_id, style="bold", no_wrap=True)
+        head.append(f"  {item.operation}  ")
+        head.append(outcome_text(item))
+        head.append(f"  {_started_text(item)}Z  took {_took_text(item, now)}", style="dim")
+        console.print(head, overflow="fold")
+        detail = f"by {item.who}"
+        revision = revision_text(item)
+        if revision:
+            detail += f" · revision {revision}"
+        console.print(Padding(Text(detail, overflow="fold"), (0, 0, 0, 4)))
+        why = _why_text(item)
+        if why:
+            console.print(
+                Padding(Text(f"why: {why}", style=GONE_STYLE if item.gone else "", overflow="fold"), (0, 0, 0, 4))
+            )

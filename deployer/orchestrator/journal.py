@@ -818,6 +818,28 @@ def list_deploys(store: StateStore, service: str) -> list[str]:
     return sorted((i for i in ids if DEPLOY_ID_RE.fullmatch(i)), reverse=True)
 
 
+def newest_first_or_error(store: StateStore, service: str) -> Iterator[tuple[str, JournalState | DeployerError]]:
+    """Every journal of ``service`` as ``(deploy_id, state or why it cannot be loaded)``, newest first,
+    loaded as they are needed. Ids sort by time to the second only; journals whose ids share a second
+    are ordered by their ``started`` time, never by their random suffix (an unpin and a deploy started
+    in the same second). An unreadable journal comes after the readable ones of its second. The one
+    ordering ``history``, ``why last`` and ``resume.newest_first`` share."""
+    ids = list_deploys(store, service)
+    i = 0
+    while i < len(ids):
+        second = ids[i][:17]  # d-YYYYMMDD-HHMMSS
+        readable: list[tuple[str, JournalState]] = []
+        broken: list[tuple[str, DeployerError]] = []
+        while i < len(ids) and ids[i][:17] == second:
+            try:
+                readable.append((ids[i], load(store, service, ids[i])))
+            except DeployerError as exc:
+                broken.append((ids[i], exc))
+            i += 1
+        yield from sorted(readable, key=lambda pair: pair[1].started.at, reverse=True)
+        yield from broken
+
+
 def latest(store: StateStore, service: str) -> JournalState | None:
     """The newest deploy's state, or ``None`` when the service has none."""
     ids = list_deploys(store, service)

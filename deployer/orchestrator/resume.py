@@ -70,6 +70,7 @@ from deployer.orchestrator.journal import (
     journal_key,
     list_deploys,
     load,
+    newest_first_or_error,
     what_to_undo,
 )
 from deployer.orchestrator.lock import ServiceLock, holder_alive, holder_journal_of
@@ -658,16 +659,9 @@ def newest_first(store: StateStore, key: str) -> Iterator[JournalState]:
     """The service's journals, newest first, loaded as they are needed. Ids sort by time to the second;
     journals started in the same second are ordered by their ``started`` time (a rollback right after a
     deploy). Unreadable journals are skipped."""
-    ids = list_deploys(store, key)
-    i = 0
-    while i < len(ids):
-        second = ids[i][:17]  # d-YYYYMMDD-HHMMSS
-        group = []
-        while i < len(ids) and ids[i][:17] == second:
-            with contextlib.suppress(DeployerError):
-                group.append(load(store, key, ids[i]))
-            i += 1
-        yield from sorted(group, key=lambda st: st.started.at, reverse=True)
+    for _deploy_id, state in newest_first_or_error(store, key):
+        if isinstance(state, JournalState):
+            yield state
 
 
 UNREADABLE_JOURNAL_HINT = (

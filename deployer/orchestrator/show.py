@@ -21,8 +21,9 @@ from deployer.config import DeployConfig, load_config
 from deployer.errors import DeployerError, StateError, UsageError
 
 if TYPE_CHECKING:
+    from deployer.orchestrator.lock import LockInfo
     from deployer.orchestrator.pins import Pin
-    from deployer.orchestrator.status import PinView
+    from deployer.orchestrator.status import LockView, PinView
 
 
 def _utcnow() -> datetime:
@@ -87,16 +88,37 @@ def read_pin_view(store: Any, key: str) -> tuple[PinView | None, str | None]:
         return None, exc.message
 
 
+def read_lock(store: Any, key: str, at: datetime) -> tuple[LockInfo | None, bool | None, LockView]:
+    """The service lock as read, whether its holder's process lives (``lock.holder_alive``: ``None`` when
+    this host cannot tell, or the lock is free or unreadable), and its ``LockView``."""
+    from deployer.orchestrator.lock import ServiceLock, holder_alive
+    from deployer.orchestrator.status import LockView
+
+    try:
+        info = ServiceLock(store, key).read()
+    except StateError as exc:
+        return None, None, LockView.unreadable(exc.message)
+    alive = holder_alive(info) if info is not None else None
+    return info, alive, LockView.of(info, at, holder_alive=alive)
+
+
 def gather_status(config: DeployConfig, *, clients: Any = None, now: datetime | None = None) -> Any:
     """Read everything ``status`` shows (reads only) and build the ``ServiceStatus``."""
+    return _gather_status(config, clients=clients, now=now)[0]
+
+
+def _gather_status(
+    config: DeployConfig, *, clients: Any = None, now: datetime | None = None
+) -> tuple[Any, StateError | None]:
+    """The ``ServiceStatus``, and the error that kept the state store from being read (the status then
+    shows what is live and says why the journal part is missing)."""
     from deployer.desired import desired_state
     from deployer.gcp.clients import Clients
     from deployer.gcp.observe import observe
     from deployer.orchestrator import traffic
     from deployer.orchestrator.deploy import config_digest, last_deploy
-    from deployer.orchestrator.history import read_history
-    from deployer.orchestrator.lock import ServiceLock
-    from deployer.orchestrator.status import LockView, build_status
+    from deployer.orchestrator.history import mark_gone, read_history
+    from deployer.orchestrator.status import build_status
     from deployer.plan import make_plan
 
     at = now or _utcnow()
@@ -104,13 +126,20 @@ def gather_status(config: DeployConfig, *, clients: Any = None, now: datetime | 
     observed = observe(config, clients)
     store = _store(config, clients)
     key = _key(config)
-    history = read_history(store, key, limit=10)
+    state_error: StateError | None = None
+    lock: LockView | None = None
+    pin: PinView | None = None
+    pin_error: str | None = None
     try:
-        lock = LockView.of(ServiceLock(store, key).read(), at)
-    except StateError as exc:
-        lock = LockView.unreadable(exc.message)
-    pin, pin_error = read_pin_view(store, key)
-    last, owned = last_deploy(store, key, observed.service)
+        history = read_history(store, key, limit=10)
+        last, owned = last_deploy(store, key, observed.service)
+    except StateError as exc:  # the store as a whole (a missing bucket): show what is live, and why not the rest
+        state_error, history, last, owned = exc, [], None, []
+    if state_error is None:
+        info, alive, lock = read_lock(store, key, at)
+        if lock.error is None:
+            history = mark_gone(history, info, now=at, holder_alive=alive)
+        pin, pin_error = read_pin_view(store, key)
     found = traffic.drift(observed.service, last) if observed.service is not None else None
     desired = desired_state(config)
     plan = make_plan(
@@ -127,7 +156,8 @@ def gather_status(config: DeployConfig, *, clients: Any = None, now: datetime | 
         pin=pin,
         pin_error=pin_error,
         traffic_drift=found.describe() if found is not None else None,
-    )
+        state_error=state_error.message if state_error is not None else None,
+    ), state_error
 
 
 def run_status(path: str, *, json_out: bool = False, stream: TextIO | None = None) -> int:
@@ -135,11 +165,13 @@ def run_status(path: str, *, json_out: bool = False, stream: TextIO | None = Non
 
     stream = stream or sys.stdout
     config = load_config(path)
-    status = gather_status(config)
+    status, state_error = _gather_status(config)
     if json_out:
         _write_json(stream, status.to_json())
     else:
         render_status(status, _console(stream))
+    if state_error is not None:  # shown what is live; still exit 1 with the one error line (and its hint)
+        raise state_error
     return 0
 
 
@@ -147,15 +179,20 @@ def run_status(path: str, *, json_out: bool = False, stream: TextIO | None = Non
 
 
 def run_history(path: str, *, limit: int = 20, json_out: bool = False, stream: TextIO | None = None) -> int:
-    from deployer.orchestrator.history import read_history, render_history
+    from deployer.orchestrator.history import mark_gone, read_history, render_history
 
     if limit < 1:
         raise UsageError(f"--limit must be at least 1 (got {limit})")
     stream = stream or sys.stdout
     config = load_config(path)
     key = _key(config)
-    items = read_history(_store(config), key, limit=limit)
+    store = _store(config)
+    items = read_history(store, key, limit=limit)
     now = _utcnow()
+    if any(i.status == "running" for i in items):
+        info, alive, lock = read_lock(store, key, now)
+        if lock.error is None:
+            items = mark_gone(items, info, now=now, holder_alive=alive)
     if json_out:
         _write_json(stream, {"service": key, "deploys": [i.to_json(now) for i in items]})
     else:
@@ -188,14 +225,18 @@ def resolve_deploy_id(ids: list[str], wanted: str, key: str) -> str:
 
 
 def run_why(path: str, deploy_id: str, *, json_out: bool = False, stream: TextIO | None = None) -> int:
-    from deployer.orchestrator.journal import list_deploys, read_records
+    from deployer.orchestrator.journal import list_deploys, newest_first_or_error, read_records
     from deployer.orchestrator.why import explain, render_why
 
     stream = stream or sys.stdout
     config = load_config(path)
     key = _key(config)
     store = _store(config)
-    wanted = resolve_deploy_id(list_deploys(store, key), deploy_id.strip(), key)
+    ids = list_deploys(store, key)
+    wanted = deploy_id.strip()
+    if wanted in LAST and ids:  # the newest by when it started, not by the id's random suffix
+        wanted = next(newest_first_or_error(store, key))[0]
+    wanted = resolve_deploy_id(ids, wanted, key)
     try:
         records, _generation = read_records(store, key, wanted)
         explanation = explain(records)

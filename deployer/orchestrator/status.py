@@ -12,6 +12,11 @@ Reading those inputs is ``show.gather_status`` (the thin I/O).
   instances to the Service's latest ready Revision") and marked as such.
 - **Drift** is the plan's non-no-op changes, each with the fields that differ; secret env values are
   masked (``redact.SecretMask``), as ``deployer plan`` masks them.
+- **A dead deploy** is not "running": a journal that never finished whose process is gone
+  (``history.process_gone``: the lock's holder pid is dead on this host, its lease expired, or it no
+  longer holds the lock) shows as ``interrupted``, with ``deployer resume`` to finish or roll it back.
+- **A state store that cannot be read** (``state_error``) still shows what is live; the journal, lock
+  and pin parts say why they are missing.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from rich.table import Table
 from rich.text import Text
 
 from deployer.orchestrator.history import (
+    GONE_STYLE,
+    RESUME_HINT,
     DeploySummary,
     duration_text,
     outcome_text,
@@ -94,20 +101,25 @@ class LockView:
     expires_at: datetime | None = None
     expired: bool = False
     error: str | None = None  # the lock could not be read
+    holder_gone: bool = False  # its holder's process is known to be gone (``lock.holder_alive`` said so)
 
     @classmethod
-    def of(cls, info: LockInfo | None, now: datetime) -> LockView:
+    def of(cls, info: LockInfo | None, now: datetime, *, holder_alive: bool | None = None) -> LockView:
         if info is None:
             return cls(held=False)
+        text = info.describe(now)
+        if holder_alive is False:
+            text += f"; its process (pid {info.owner.pid}) is gone"
         return cls(
             held=True,
-            text=info.describe(now),
+            text=text,
             deploy_id=info.deploy_id,
             purpose=info.purpose,
             who=info.owner.describe(),
             acquired_at=info.acquired_at,
             expires_at=info.expires_at,
             expired=info.expired(now),
+            holder_gone=holder_alive is False,
         )
 
     @classmethod
@@ -124,6 +136,7 @@ class LockView:
             "acquired_at": self.acquired_at.isoformat() if self.acquired_at else None,
             "expires_at": self.expires_at.isoformat() if self.expires_at else None,
             "expired": self.expired,
+            "holder_gone": self.holder_gone,
             "error": self.error,
         }
 
@@ -193,6 +206,7 @@ class ServiceStatus:
     last: DeploySummary | None = None
     last_succeeded: DeploySummary | None = None
     journal_error: str | None = None
+    state_error: str | None = None  # the state store could not be read: no journal, lock or pin shown
     lock: LockView = field(default_factory=lambda: LockView(held=False))
     pin: PinView | None = None
     pin_error: str | None = None  # the pin could not be read
@@ -218,6 +232,7 @@ class ServiceStatus:
             "last_deploy": self.last.to_json(self.at) if self.last else None,
             "last_succeeded": self.last_succeeded.to_json(self.at) if self.last_succeeded else None,
             "journal_error": self.journal_error,
+            "state_error": self.state_error,
             "lock": self.lock.to_json(),
             "pin": self.pin.to_json(self.at) if self.pin else None,
             "pin_error": self.pin_error,
@@ -239,6 +254,7 @@ def build_status(
     plan: Plan | None,
     history: Sequence[DeploySummary] = (),
     journal_error: str | None = None,
+    state_error: str | None = None,
     lock: LockView | None = None,
     pin: PinView | None = None,
     pin_error: str | None = None,
@@ -263,6 +279,7 @@ def build_status(
         last=moves[0] if moves else None,
         last_succeeded=next((h for h in moves if h.status == "succeeded" and h.operation == "deploy"), None),
         journal_error=journal_error or (moves[0].error if moves and moves[0].status == "unreadable" else None),
+        state_error=state_error,
         lock=lock or LockView(held=False),
         pin=pin,
         pin_error=pin_error,
@@ -279,7 +296,8 @@ def _deploy_line(item: DeploySummary, now: datetime) -> Text:
     line = Text(f"{item.deploy_id} ")
     line.append(outcome_text(item))
     took = duration_text(item.duration_s(now))
-    line.append(f", {when_text(item.started_at)}, took {took}" + ("" if item.finished else " so far"))
+    so_far = "" if item.finished else " until its last record" if item.gone else " so far"
+    line.append(f", {when_text(item.started_at)}, took {took}{so_far}")
     line.append(f", by {item.who}", style="dim")
     rev = revision_text(item)
     if item.revision and rev:
@@ -322,6 +340,12 @@ def render_status(status: ServiceStatus, console: Console) -> None:
         if extra:
             console.print(Text("  " + "; ".join(extra), style="dim"))
     console.print()
+    if status.state_error:
+        console.print(Text("last deploy, lock, pin", style="bold"))
+        console.print(Text(f"  not shown: the state store cannot be read: {status.state_error}", style="bold red"))
+        console.print()
+        _render_drift(status, console)
+        return
     console.print(Text("last deploy", style="bold"))
     if status.journal_error:
         console.print(Text(f"  the newest journal is unreadable: {status.journal_error}", style="bold red"))
@@ -331,7 +355,9 @@ def render_status(status: ServiceStatus, console: Console) -> None:
         line = Text("  ")
         line.append(_deploy_line(status.last, status.at))
         console.print(line)
-        if status.last.why and status.last.status != "succeeded":
+        if status.last.gone:
+            console.print(Text(f"    {status.last.gone}: {RESUME_HINT}", style=GONE_STYLE))
+        elif status.last.why and status.last.status != "succeeded":
             console.print(f"    why: {status.last.why}")
         if status.last_succeeded and status.last_succeeded is not status.last:
             line = Text("  last succeeded: ")
@@ -341,9 +367,10 @@ def render_status(status: ServiceStatus, console: Console) -> None:
     if not status.lock.held:
         lock.append("free", style="green")
     else:
-        lock.append(status.lock.text, style="bold red" if status.lock.expired or status.lock.error else "yellow")
-        if status.lock.expired:
-            lock.append(" — `deployer resume -c CONFIG` finishes or rolls it back")
+        dead = status.lock.expired or status.lock.holder_gone
+        lock.append(status.lock.text, style="bold red" if dead or status.lock.error else "yellow")
+        if dead:
+            lock.append(f" — {RESUME_HINT}")
     console.print(lock)
     pin = Text("pin   ", style="bold")
     if status.pin is None:
@@ -368,6 +395,10 @@ def render_status(status: ServiceStatus, console: Console) -> None:
             pin.append(f" — expired at {when_text(p.expires_at)}: deploys no longer refuse", style="dim")
     console.print(pin)
     console.print()
+    _render_drift(status, console)
+
+
+def _render_drift(status: ServiceStatus, console: Console) -> None:
     drift = Text("drift ", style="bold")
     if status.in_sync:
         drift.append(f"none: the {status.checked} resources the config owns match what is live", style="green")

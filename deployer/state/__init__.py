@@ -85,8 +85,10 @@ def dump_json(doc: Any) -> bytes:
 def open_store(state: StateConfig, clients: Clients | None = None, *, base: str | Path | None = None) -> StateStore:
     """The store a config's ``state:`` section names.
 
-    - ``backend: local``: ``LocalStateStore(path)``; a relative ``path`` is taken from ``base``
-      (default: the current directory).
+    - ``backend: local``: ``LocalStateStore(path)``. A config from ``load_config`` already holds it
+      absolute, resolved against the config file's directory (``config.anchor_state``: the one place);
+      a relative ``path`` here (a config built from text or data) is taken from ``base`` (default: the
+      current directory). The directory is created by the first write, never by opening or reading.
     - ``backend: gcs``: ``GcsStateStore(bucket, prefix, clients)`` — pass the same ``Clients`` the
       deploy uses (``Clients(endpoint=config.endpoint, ...)``) so the local cloud's storage is used
       when the config targets it; ``None`` means real Google with Application Default Credentials.

@@ -32,15 +32,19 @@ _HEADER_MAX = 200
 
 
 class LocalStateStore:
-    """``StateStore`` over ``directory`` (created when missing)."""
+    """``StateStore`` over ``directory``, created by the first write or delete: opening a store and reading
+    it (``status``, ``plan``, ``history``) never creates anything; a directory that is not there reads as
+    empty."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.root = Path(directory).resolve()
+        self._lock_path = self.root / ".lock"
+
+    def _create_root(self) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StateError(f"cannot create the state directory {self.root}: {exc.strerror}") from exc
-        self._lock_path = self.root / ".lock"
 
     def __repr__(self) -> str:
         return f"LocalStateStore({str(self.root)!r})"
@@ -51,7 +55,11 @@ class LocalStateStore:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._create_root()
+        try:
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StateError(f"cannot write to the state directory {self.root}: {exc.strerror}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -138,6 +146,9 @@ class LocalStateStore:
         path = self._path(key)
         if if_generation == 0:
             raise ValueError("delete with if_generation=0 can never succeed")
+        if not self.root.is_dir():  # nothing was ever written: nothing to delete, and nothing to create
+            self._check(key, None, if_generation)
+            return False
         with self._locked():
             if if_generation is None and path.is_file():
                 current: tuple[bytes, int] | None = (b"", 0)  # unconditional: even a file whose header is broken

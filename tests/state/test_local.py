@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from deployer.errors import StateError
+from deployer.errors import StaleStateError, StateError
 from deployer.state.local import LocalStateStore
 
 
@@ -42,7 +42,22 @@ def test_a_write_the_filesystem_refuses_is_a_state_error(tmp_path: Path) -> None
         store.write("locks/api.json", b"x", if_generation=None)
 
 
-def test_a_state_directory_that_cannot_be_created_is_a_state_error(tmp_path: Path) -> None:
+def test_a_state_directory_that_cannot_be_created_is_a_state_error_at_the_first_write(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
-    with pytest.raises(StateError, match="cannot create the state directory"):
-        LocalStateStore(tmp_path / "file" / "state")
+    store = LocalStateStore(tmp_path / "file" / "state")  # opening touches nothing
+    with pytest.raises(StateError, match=r"cannot create the state directory .*/file/state: Not a directory"):
+        store.write("locks/api.json", b"x", if_generation=0)
+
+
+def test_opening_reading_listing_and_deleting_create_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "a" / ".deployer"
+    store = LocalStateStore(root)
+    assert store.read("locks/api.json") is None
+    assert store.list("deploys/") == []
+    assert store.delete("locks/api.json", if_generation=None) is False
+    with pytest.raises(StaleStateError):
+        store.delete("locks/api.json", if_generation=7)
+    assert not (tmp_path / "a").exists()
+    gen = store.write("locks/api.json", b"x", if_generation=0)  # the first write creates it
+    assert store.read("locks/api.json") == (b"x", gen)
+    assert sorted(p.name for p in root.iterdir()) == [".lock", "locks"]
