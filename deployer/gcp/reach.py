@@ -26,6 +26,8 @@ import urllib3.exceptions as uexc
 # What `deployer localcloud up` listens on by default (deployer/cli.py --api-port).
 LOCAL_CLOUD_DEFAULT_PORT = 8480
 START_LOCAL_CLOUD = "deployer localcloud up{port} --seed configs/local-world.yaml --lb-port 8080"
+# The README's load-balancer port; any free one works (the public gate reads the service's URI).
+LOCAL_LB_PORT = 8080
 
 _UNREACHABLE_ERRNOS = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.ENETDOWN, errno.EHOSTDOWN}
 
@@ -168,8 +170,7 @@ def describe(failure: NetworkFailure, *, method: str, attempts: int) -> tuple[st
             else "Google's API kept dropping the connection; run the command again later"
         )
     elif failure.is_loopback:
-        port = "" if failure.port in (None, LOCAL_CLOUD_DEFAULT_PORT) else f" --api-port {failure.port}"
-        start = START_LOCAL_CLOUD.format(port=port)
+        start = start_local_cloud(failure.host, failure.port)
         hint = (
             f"start it with: {start}"
             if not failure.connected
@@ -178,6 +179,19 @@ def describe(failure: NetworkFailure, *, method: str, attempts: int) -> tuple[st
     else:
         hint = f"is the local cloud running on {failure.host} and reachable from here? (the config's `endpoint:`)"
     return message, hint
+
+
+def start_local_cloud(host: str | None, port: int | None) -> str:
+    """The ``localcloud up`` that serves the config's endpoint: its port (unless the default), its address
+    when ``localcloud up`` would not listen there by default (127.0.0.1), and a load-balancer port that is
+    not the API's own (an endpoint on :8080 must not be told ``--api-port 8080 ... --lb-port 8080``)."""
+    flags = "" if port in (None, LOCAL_CLOUD_DEFAULT_PORT) else f" --api-port {port}"
+    if host and host not in ("127.0.0.1", "localhost") and not host.endswith(".localhost"):
+        flags += f" --host {host.strip('[]')}"
+    start = START_LOCAL_CLOUD.format(port=flags)
+    if port == LOCAL_LB_PORT:
+        start = start.replace(f"--lb-port {LOCAL_LB_PORT}", f"--lb-port {LOCAL_LB_PORT + 1}")
+    return start
 
 
 def tls_failure(exc: BaseException, *, method: str) -> tuple[str, str] | None:

@@ -88,6 +88,31 @@ def test_the_default_local_port_needs_no_api_port_flag() -> None:
     assert hint == "start it with: deployer localcloud up --seed configs/local-world.yaml --lb-port 8080"
 
 
+def test_an_endpoint_on_the_load_balancers_usual_port_is_not_told_to_share_it() -> None:
+    """`--api-port 8080 --lb-port 8080` cannot both listen: the hint moves the load balancer aside."""
+    failure = NetworkFailure("http://127.0.0.1:8080", "127.0.0.1", 8080, "connection refused", connected=False)
+    _, hint = describe(failure, method="run.services.get", attempts=1)
+    assert hint == (
+        "start it with: deployer localcloud up --api-port 8080 --seed configs/local-world.yaml --lb-port 8081"
+    )
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "host", "port", "flags"),
+    [
+        ("http://[::1]:8480", "::1", 8480, " --host ::1"),
+        ("http://127.0.0.2:9000", "127.0.0.2", 9000, " --api-port 9000 --host 127.0.0.2"),
+        ("http://localhost:8480", "localhost", 8480, ""),  # localcloud up's 127.0.0.1 answers localhost
+    ],
+)
+def test_a_loopback_address_other_than_127_0_0_1_is_named_with_host(
+    endpoint: str, host: str, port: int, flags: str
+) -> None:
+    failure = NetworkFailure(endpoint, host, port, "connection refused", connected=False)
+    _, hint = describe(failure, method="run.services.get", attempts=1)
+    assert hint == f"start it with: deployer localcloud up{flags} --seed configs/local-world.yaml --lb-port 8080"
+
+
 def test_a_name_that_does_not_resolve() -> None:
     exc = error_of(lambda: requests.get("http://no-such-host.invalid:8480/v2/x", timeout=5))
     failure = network_failure(exc)
