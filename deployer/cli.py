@@ -318,7 +318,15 @@ def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
+def _quiet_logs() -> None:
+    """Before the last line: no log event from a worker thread may follow it."""
+    logs = sys.modules.get("deployer.logs")
+    if logs is not None:
+        logs.silence()
+
+
 def _report(exc: Any) -> int:
+    _quiet_logs()
     print(f"error: {_one_line(exc.message)}", file=sys.stderr)
     if getattr(exc, "hint", None):
         print(f"hint: {_one_line(exc.hint)}", file=sys.stderr)
@@ -365,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     from deployer.errors import DeployerError
 
     args = list(sys.argv[1:] if argv is None else argv)
+    if (logs_module := sys.modules.get("deployer.logs")) is not None:
+        logs_module.unsilence()  # a previous command in this process ended with an error
     _SIGTERM_SEEN.clear()
     old_term = signal.getsignal(signal.SIGTERM)
     if old_term is signal.SIG_DFL and _main_thread():
@@ -381,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Exit as exc:
         return int(exc.exit_code or 0)
     except KeyboardInterrupt as exc:
+        _quiet_logs()
         # errors.Interrupted: the command had acted and left its journal unfinished: what, and what to run
         message, hint = getattr(exc, "message", None), getattr(exc, "hint", None)
         left = f": {_one_line(message)}" if message else ""

@@ -82,6 +82,33 @@ def configure(*, json: bool | None = None, level: str = "info", stream: Any = No
     )
 
 
+def _drop(_logger: Any, _name: str, _event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    raise structlog.DropEvent
+
+
+_SILENT = [_drop]  # the processor chain of a silenced process: every event dropped
+_SILENCED: dict[str, Any] | None = None  # the configuration ``silence`` replaced
+
+
+def silence() -> None:
+    """Drop every later log event, from any thread: the command has said its last line (``error: ...``), and a
+    worker thread still retrying a parallel read must not log after it. ``unsilence`` puts logging back."""
+    global _SILENCED
+    config = structlog.get_config()
+    if config["processors"] is not _SILENT:
+        _SILENCED = config
+    structlog.configure(processors=_SILENT)
+
+
+def unsilence() -> None:
+    """Undo ``silence`` for the next command in the same process (tests), unless logging was configured anew
+    since (then that configuration stands)."""
+    global _SILENCED
+    if _SILENCED is not None and structlog.get_config()["processors"] is _SILENT:
+        structlog.configure(**_SILENCED)
+    _SILENCED = None
+
+
 def get_logger(**context: Any) -> Any:
     """A logger with ``context`` bound (deploy id, phase, service, ...)."""
     return structlog.get_logger().bind(**context)
