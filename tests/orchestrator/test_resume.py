@@ -5,7 +5,6 @@ end in the fault matrix (tests/e2e/test_fault_matrix.py: every SIGKILL case is r
 from __future__ import annotations
 
 import copy
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,27 +12,10 @@ import pytest
 
 from deployer.errors import CloudError
 from deployer.orchestrator.journal import Journal, JournalState
-from deployer.orchestrator.owner import Owner
 from deployer.orchestrator.resume import decide, finalize_effect, service_landed, settle
 from deployer.plan import ANNOTATION_DEPLOY_ID, ARMOR_RULE, BACKEND_SERVICE, RUN_SERVICE, Action
 from deployer.state.local import LocalStateStore
-
-T0 = datetime(2026, 11, 26, 14, 52, 1, tzinfo=UTC)
-DEPLOY = "d-20261126-145201-a1b2"
-OWNER = Owner(user="ci", host="worker", pid=9)
-SVC = "projects/p/locations/us-central1/services/api"
-BS = "projects/p/global/backendServices/api-bs"
-RULE = "projects/p/global/securityPolicies/armor/rules/50"
-OLD, NEW = "api-00001-abc", "api-11261452-a1b2"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(milliseconds=10)
-        return self.now
+from tests.orchestrator.resume_support import BS, DEPLOY, NEW, OLD, RULE, SVC, journal
 
 
 def service(etag: str, traffic: list[dict[str, Any]], revision: str = OLD, **extra: Any) -> dict[str, Any]:
@@ -61,18 +43,6 @@ PRE = service('"e0"', [rev(OLD, 100)])
 CANDIDATE_TRAFFIC = [rev(OLD, 100), rev(NEW, 0, "candidate")]
 STEP_TRAFFIC = [rev(NEW, 50, "candidate"), rev(OLD, 50)]
 FINAL_TRAFFIC = [rev(NEW, 100), rev(OLD, 0, "previous")]
-
-
-def journal(tmp_path: Path, operation: str = "deploy") -> Journal:
-    return Journal.begin(
-        LocalStateStore(tmp_path / "state"),
-        service="p/us-central1/api",
-        deploy_id=DEPLOY,
-        config_digest="sha256:x",
-        owner=OWNER,
-        operation=operation,  # type: ignore[arg-type]
-        clock=Clock(),
-    )
 
 
 def update(

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import io
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,43 +28,13 @@ from deployer.orchestrator.journal import (
     restore_targets,
     what_to_undo,
 )
-from deployer.orchestrator.owner import Owner
 from deployer.orchestrator.report import DeployResult, render_result
 from deployer.orchestrator.resume import decide
 from deployer.orchestrator.rollback import backend_intended_after
 from deployer.orchestrator.why import explain
 from deployer.plan import ARMOR_RULE, BACKEND_SERVICE, RUN_SERVICE, Action
 from deployer.state.local import LocalStateStore
-
-T0 = datetime(2026, 11, 26, 14, 52, 1, tzinfo=UTC)
-DEPLOY = "d-20261126-145201-a1b2"
-KEY = "p/us-central1/api"
-OWNER = Owner(user="ci", host="worker", pid=9)
-SVC = "projects/p/locations/us-central1/services/api"
-BS = "projects/p/global/backendServices/api-bs"
-RULE = "projects/p/global/securityPolicies/armor/rules/50"
-OLD, NEW = "api-00001-abc", "api-11261452-a1b2"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(milliseconds=10)
-        return self.now
-
-
-def journal(tmp_path: Path, operation: str = "deploy") -> Journal:
-    return Journal.begin(
-        LocalStateStore(tmp_path / "state"),
-        service=KEY,
-        deploy_id=DEPLOY,
-        config_digest="sha256:x",
-        owner=OWNER,
-        operation=operation,  # type: ignore[arg-type]
-        clock=Clock(),
-    )
+from tests.orchestrator.resume_support import BS, DEPLOY, KEY, NEW, OLD, RULE, SVC, T0, journal
 
 
 def reopened_from_store(tmp_path: Path) -> JournalState:
