@@ -4,9 +4,15 @@ needs the reader."""
 
 from __future__ import annotations
 
+import io
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
+
+import yaml
+from rich.console import Console
 
 from deployer.orchestrator.journal import (
     Decision,
@@ -28,6 +34,7 @@ from deployer.orchestrator.owner import Owner
 from deployer.plan import ANNOTATION_DEPLOY_ID, ANNOTATION_LAST_GOOD, ANNOTATION_PREVIOUS, Action
 from deployer.state import StateStore, dump_json
 
+ROOT = Path(__file__).resolve().parents[2]
 KEY = "chat-staging/us-central1/chat-backend"
 SERVICE_NAME = "projects/chat-staging/locations/us-central1/services/chat-backend"
 BS = "projects/chat-staging/global/backendServices/chat-backend-bs"
@@ -35,6 +42,24 @@ RULE_50 = "projects/chat-staging/global/securityPolicies/chat-armor/rules/50"
 T0 = datetime(2026, 3, 2, 9, 30, 0, tzinfo=UTC)
 OWNER = Owner(user="ana", host="laptop", pid=4242)
 CI = Owner(user="cloudbuild", host="worker-1", pid=1, build_id="b-7f3e")
+
+
+def text_of(render: Callable[..., None], *args: Any, width: int = 200, **kw: Any) -> str:
+    """What ``render(*args, console, **kw)`` prints on a plain terminal ``width`` columns wide."""
+    buf = io.StringIO()
+    render(*args, Console(file=buf, width=width, highlight=False, color_system=None), **kw)
+    return buf.getvalue()
+
+
+def offline_config(tmp_path: Path, state: Path) -> Path:
+    """configs/local.yaml with its state in ``state`` and the discard port as its endpoint (``history``,
+    ``why`` and ``status``'s journal side read the state store only; a call would fail loudly)."""
+    data = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
+    data["endpoint"] = "http://127.0.0.1:9"
+    data["state"]["path"] = str(state)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    return cfg
 
 
 def evidence(

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import json
 from datetime import timedelta
 
 import pytest
-from rich.console import Console
 
 from deployer.errors import JournalError
 from deployer.orchestrator.history import (
@@ -33,14 +31,8 @@ from tests.orchestrator.history_support import (
     evidence,
     good_deploy,
     rolled_back_deploy,
+    text_of,
 )
-
-
-def text_of(render, *args, width: int = 200, **kw) -> str:
-    buf = io.StringIO()
-    render(*args, Console(file=buf, width=width, highlight=False, color_system=None), **kw)
-    return buf.getvalue()
-
 
 # ---- summaries -------------------------------------------------------------------------------------
 

@@ -4,14 +4,11 @@ CLI over a local state directory (no cloud: ``history`` and ``why`` read the sta
 
 from __future__ import annotations
 
-import io
 import json
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-import yaml
-from rich.console import Console
 
 from deployer.cli import main
 from deployer.orchestrator.history import (
@@ -35,10 +32,11 @@ from tests.orchestrator.history_support import (
     Builder,
     emergency_rollback,
     good_deploy,
+    offline_config,
     rolled_back_deploy,
+    text_of,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
 AT = datetime(2026, 3, 2, 17, 46, 26, 400000, tzinfo=T0.tzinfo)
 KILLED = "d-20260302-174627-0b0b"
 
@@ -51,12 +49,6 @@ def unpin_then_deploy_in_one_second(store: LocalStateStore) -> None:
     deploy.after(2).finish("succeeded", "deployed").write(store)
     store.write(f"deploys/{KEY}/d-20260302-174626-9999.json", b'{"format": 1, "records": []}', if_generation=None)
     good_deploy().write(store)  # an older second
-
-
-def text_of(render, *args, width: int, **kw) -> str:
-    buf = io.StringIO()
-    render(*args, Console(file=buf, width=width, highlight=False, color_system=None), **kw)
-    return buf.getvalue()
 
 
 # ---- 5. order by when each started, not by the id's random suffix -------------------------------------------
@@ -76,11 +68,7 @@ def test_history_orders_one_seconds_operations_by_when_they_started(tmp_path: Pa
 
 def test_why_last_is_the_operation_that_started_last(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     unpin_then_deploy_in_one_second(LocalStateStore(tmp_path / "state"))
-    data = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
-    data["endpoint"] = "http://127.0.0.1:9"
-    data["state"]["path"] = str(tmp_path / "state")
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump(data))
+    cfg = offline_config(tmp_path, tmp_path / "state")
     capsys.readouterr()
     assert main(["why", "last", "-c", str(cfg), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["deploy_id"] == "d-20260302-174626-0001"
@@ -158,9 +146,7 @@ def test_status_calls_a_dead_deploy_interrupted_and_its_lock_gone() -> None:
         history=[item],
         lock=LockView.of(lease(), SOON, holder_alive=False),
     )
-    buf = io.StringIO()
-    render_status(status, Console(file=buf, width=300, highlight=False, color_system=None))
-    out = buf.getvalue()
+    out = text_of(render_status, status, width=300)
     assert f"{KILLED} interrupted, 2026-03-02 09:30:00Z, took 12.4 s until its last record" in out
     assert "so far" not in out
     assert "its process is gone (pid 3488 on laptop): `deployer resume -c CONFIG` finishes or rolls it back" in out
@@ -181,9 +167,7 @@ def test_status_with_an_unreadable_state_store_still_shows_what_is_live() -> Non
     status = build_status(
         service=KEY, service_name=SERVICE_NAME, at=SOON, observed_service=svc, plan=None, state_error="bucket gone"
     )
-    buf = io.StringIO()
-    render_status(status, Console(file=buf, width=200, highlight=False, color_system=None))
-    out = buf.getvalue()
+    out = text_of(render_status, status, width=200)
     assert "chat-backend-new" in out and "100%" in out
     assert "not shown: the state store cannot be read: bucket gone" in out
     assert "lock  free" not in out and "none in the journal" not in out  # not claimed when unknown
@@ -199,11 +183,7 @@ def test_history_cli_marks_a_deploy_whose_holder_pid_is_dead(
     b.write(store)
     dead = Owner.current().model_copy(update={"pid": 2**22 + 17})  # above pid_max's default: never a process
     ServiceLock(store, KEY, clock=lambda: T0, ttl=timedelta(days=3650)).acquire(KILLED, dead)
-    data = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
-    data["endpoint"] = "http://127.0.0.1:9"
-    data["state"]["path"] = str(tmp_path / "state")
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump(data))
+    cfg = offline_config(tmp_path, tmp_path / "state")
     capsys.readouterr()
     assert main(["history", "-c", str(cfg), "--json"]) == 0
     [item] = json.loads(capsys.readouterr().out)["deploys"]

@@ -8,33 +8,18 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
-from deployer.cli import main
 from deployer.state.local import LocalStateStore
-from tests.orchestrator.history_support import KEY, good_deploy, rolled_back_deploy
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.orchestrator.deploy_support import run
+from tests.orchestrator.history_support import KEY, good_deploy, offline_config, rolled_back_deploy
 
 
 @pytest.fixture
 def cfg(tmp_path: Path) -> str:
-    data = yaml.safe_load((ROOT / "configs" / "local.yaml").read_text())
-    data["endpoint"] = "http://127.0.0.1:9"  # discard port: a call would fail loudly
-    data["state"]["path"] = str(tmp_path / "state")
     store = LocalStateStore(tmp_path / "state")
     good_deploy().write(store)
     rolled_back_deploy().write(store)
-    path = tmp_path / "deploy.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return str(path)
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+    return str(offline_config(tmp_path, tmp_path / "state"))
 
 
 def test_history_lists_the_journals_newest_first(cfg, capsys) -> None:
