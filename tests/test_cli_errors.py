@@ -30,6 +30,10 @@ from deployer.gcp import retry
 from deployer.localcloud.api.control import seed_world
 from deployer.localcloud.server import LocalCloud, load_seed_file
 from deployer.localcloud.world import FaultRule
+from tests.orchestrator.deploy_support import (
+    api_cloud_fixture,  # noqa: F401  (the module's cloud)
+    api_world_fixture,  # noqa: F401  (world: the seed's world again)
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL = ROOT / "configs" / "local.yaml"
@@ -45,21 +49,6 @@ NO_WAIT = retry.READ_POLICY.with_(sleep=lambda _s: None)
 
 
 # ---- fixtures and helpers -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def cloud() -> Iterator[LocalCloud]:
-    lc = LocalCloud(seed_doc=load_seed_file(WORLD))
-    lc.start()
-    yield lc
-    lc.stop()
-
-
-@pytest.fixture
-def world(cloud: LocalCloud) -> LocalCloud:
-    """The seed's world again, no faults, an empty request log."""
-    seed_world(cloud.world, load_seed_file(WORLD))
-    return cloud
 
 
 @pytest.fixture(autouse=True)

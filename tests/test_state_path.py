@@ -10,19 +10,21 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from deployer.cli import main
 from deployer.config import load_config
-from deployer.localcloud.api.control import seed_world
-from deployer.localcloud.server import LocalCloud, load_seed_file
+from deployer.localcloud.server import LocalCloud
 from deployer.orchestrator.lock import ServiceLock
 from deployer.orchestrator.owner import Owner
 from deployer.state.local import LocalStateStore
+from tests.orchestrator.deploy_support import (
+    api_cloud_fixture,  # noqa: F401  (the module's cloud)
+    api_world_fixture,  # noqa: F401  (world: the seed's world again)
+    run,
+)
 from tests.orchestrator.history_support import KEY, good_deploy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,13 +52,6 @@ def dirs(tmp_path: Path) -> tuple[Path, Path]:
     elsewhere.mkdir()
     (envs / "c.yaml").write_text(config_text())
     return envs, elsewhere
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def cli(args: list[str], cwd: Path, **kw: object) -> subprocess.CompletedProcess[str]:
@@ -141,20 +136,6 @@ def test_a_config_on_stdin_keeps_its_state_in_the_current_directory(dirs: tuple[
 
 
 # ---- 2. read-only commands create nothing ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def cloud() -> Iterator[LocalCloud]:
-    lc = LocalCloud(seed_doc=load_seed_file(WORLD))
-    lc.start()
-    yield lc
-    lc.stop()
-
-
-@pytest.fixture
-def world(cloud: LocalCloud) -> LocalCloud:
-    seed_world(cloud.world, load_seed_file(WORLD))
-    return cloud
 
 
 @pytest.mark.parametrize(

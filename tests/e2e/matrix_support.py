@@ -17,13 +17,16 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from deployer.gcp.clients import Clients
 from deployer.gcp.observe import to_rest_json
+from deployer.localcloud.server import LocalCloud
 from deployer.orchestrator import traffic
 from deployer.state import StateStore
 from tests.orchestrator.deploy_support import (
@@ -34,11 +37,20 @@ from tests.orchestrator.deploy_support import (
     config_data,
     control,
     reseed,
+    running_cloud,
     wait_settled,
 )
 
 BACKEND = "chat-backend-bs"
 POLICY = "chat-armor"
+
+
+@pytest.fixture(scope="module", name="cloud")
+def cloud_fixture() -> Iterator[LocalCloud]:
+    """The ``cloud`` fixture of the e2e modules that import it: the matrix's cloud, one per module (revision
+    processes get 0.5 s to stop: the SIGKILL cases leave some behind on purpose)."""
+    with running_cloud(stop_grace=0.5) as lc:
+        yield lc
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,17 @@ from deployer.orchestrator.owner import Owner
 from deployer.orchestrator.pins import read_pin
 from deployer.orchestrator.resume import newest_first
 from deployer.state import StateStore, open_store
-from tests.e2e.matrix_support import Call, finish, fresh_world, inject, matrix_config, snapshot, spawn, write_config
+from tests.e2e.matrix_support import (
+    Call,
+    cloud_fixture,  # noqa: F401  (the module's cloud)
+    finish,
+    fresh_world,
+    inject,
+    matrix_config,
+    snapshot,
+    spawn,
+    write_config,
+)
 from tests.orchestrator.deploy_support import (
     FAST,
     PROJECT,
@@ -32,16 +42,9 @@ from tests.orchestrator.deploy_support import (
     make_config,
     mutating_calls,
     options,
-    running_cloud,
 )
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def cloud() -> Any:
-    with running_cloud(stop_grace=0.5) as lc:
-        yield lc
 
 
 @pytest.fixture

@@ -11,20 +11,22 @@ import pytest
 
 from deployer.cli import main
 from deployer.gcp.clients import Clients
-from tests.e2e.matrix_support import Call, finish, fresh_world, inject, matrix_config, spawn, write_config
+from tests.e2e.matrix_support import (
+    Call,
+    cloud_fixture,  # noqa: F401  (the module's cloud)
+    finish,
+    fresh_world,
+    inject,
+    matrix_config,
+    spawn,
+    write_config,
+)
 from tests.orchestrator.deploy_support import (
     PROJECT,
     logs_back_to_defaults,  # noqa: F401  (autouse fixture)
-    running_cloud,
 )
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def cloud() -> Any:
-    with running_cloud(stop_grace=0.5) as lc:
-        yield lc
 
 
 def test_status_and_history_say_a_killed_deploy_is_gone(

@@ -17,11 +17,13 @@ import pytest
 import structlog
 import yaml
 
+from deployer.cli import main
 from deployer.config import DeployConfig, config_from_data
 from deployer.gcp import retry
 from deployer.gcp.clients import Clients
 from deployer.gcp.observe import to_rest_json
-from deployer.localcloud.server import LocalCloud
+from deployer.localcloud.api.control import seed_world
+from deployer.localcloud.server import LocalCloud, load_seed_file
 from deployer.orchestrator import traffic
 from deployer.orchestrator.deploy import DeployOptions
 from tests.localcloud.runtime.support import no_process_left_behind
@@ -98,6 +100,43 @@ def running_cloud(*, stop_grace: float = 1.0) -> Iterator[LocalCloud]:
             yield lc
         finally:
             lc.stop()
+
+
+@pytest.fixture(scope="module", name="cloud")
+def cloud_fixture() -> Iterator[LocalCloud]:
+    """The ``cloud`` fixture of the deploy e2e modules that import it: ``running_cloud()``, one per module."""
+    with running_cloud() as lc:
+        yield lc
+
+
+@pytest.fixture(scope="module", name="cloud")
+def api_cloud_fixture() -> Iterator[LocalCloud]:
+    """A ``cloud`` fixture for CLI tests that need the APIs only: the seed's world as written
+    (configs/local-world.yaml), no load balancer, no revision processes; one per module."""
+    lc = LocalCloud(seed_doc=load_seed_file(ROOT / "configs" / "local-world.yaml"))
+    lc.start()
+    yield lc
+    lc.stop()
+
+
+@pytest.fixture(name="world")
+def api_world_fixture(cloud: LocalCloud) -> LocalCloud:
+    """``cloud`` (the API-only one) with the seed's world again, no faults, an empty request log."""
+    seed_world(cloud.world, load_seed_file(ROOT / "configs" / "local-world.yaml"))
+    return cloud
+
+
+def write_config(data: dict[str, Any], path: Path) -> str:
+    path.write_text(json.dumps(data))  # JSON is YAML
+    return str(path)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """``deployer *argv`` through ``main``: its exit code, stdout and stderr (only this command's)."""
+    capsys.readouterr()
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 @pytest.fixture(autouse=True)

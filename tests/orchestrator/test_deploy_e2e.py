@@ -29,6 +29,7 @@ from deployer.state.local import LocalStateStore
 from tests.orchestrator.deploy_support import (
     PROJECT,
     SERVICE_NAME,
+    cloud_fixture,  # noqa: F401  (the module's cloud)
     config_data,
     control,
     logs_back_to_defaults,  # noqa: F401  (autouse fixture)
@@ -36,19 +37,12 @@ from tests.orchestrator.deploy_support import (
     mutating_calls,
     options,
     reseeded_clients,
-    running_cloud,
     served_version,
     snapshot,
     wait_settled,
 )
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def cloud():
-    with running_cloud() as lc:
-        yield lc
 
 
 @pytest.fixture

@@ -11,12 +11,9 @@ from __future__ import annotations
 import copy
 import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from deployer.cli import main
 from deployer.errors import FreezeError
 from deployer.orchestrator.command import run_deploy
 from deployer.orchestrator.deploy import deploy, state_key
@@ -24,22 +21,18 @@ from deployer.orchestrator.journal import list_deploys, load
 from deployer.state.local import LocalStateStore
 from tests.orchestrator.deploy_support import (
     SERVICE_NAME,
+    cloud_fixture,  # noqa: F401  (the module's cloud)
     config_data,
     logs_back_to_defaults,  # noqa: F401  (autouse fixture)
     make_config,
     mutating_calls,
     options,
     reseeded_clients,
-    running_cloud,
+    run,
+    write_config,
 )
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def cloud():
-    with running_cloud() as lc:
-        yield lc
 
 
 @pytest.fixture
@@ -50,18 +43,6 @@ def clients(cloud):
 @pytest.fixture
 def data(cloud, clients, tmp_path):
     return config_data(cloud, tmp_path / "state")
-
-
-def write_config(data: dict[str, Any], path: Path) -> str:
-    path.write_text(json.dumps(data))  # JSON is YAML
-    return str(path)
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # ---- status, history, why ------------------------------------------------------------------------

@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 from google.cloud import compute_v1
 
-from deployer.cli import main
 from deployer.orchestrator.deploy import deploy, state_key
 from deployer.orchestrator.journal import Started, list_deploys, load, read_records
 from deployer.orchestrator.lock import lock_key
@@ -28,26 +27,22 @@ from deployer.orchestrator.pins import read_pin
 from deployer.state.local import LocalStateStore
 from tests.orchestrator.deploy_support import (
     PROJECT,
+    cloud_fixture,  # noqa: F401  (the module's cloud)
     config_data,
     control,
     logs_back_to_defaults,  # noqa: F401  (autouse fixture)
     make_config,
     options,
     reseeded_clients,
-    running_cloud,
+    run,
     snapshot,
+    write_config,
 )
 from tests.test_cli_errors import _signal_when, hint_of, one_error
 
 pytestmark = pytest.mark.e2e
 
 RULE_50 = "armor.rule projects/chat-staging/global/securityPolicies/chat-armor/rules/50"
-
-
-@pytest.fixture(scope="module")
-def cloud():
-    with running_cloud() as lc:
-        yield lc
 
 
 @pytest.fixture
@@ -64,18 +59,6 @@ def data(cloud, clients, tmp_path):
     # the deploy changes the backend service too, so that its restore is one of the calls that fail
     out["load_balancer"]["custom_request_headers"] = ["X-Forwarded-Proto: https", "X-Release: canary"]
     return out
-
-
-def write_config(data: dict[str, Any], path: Path) -> str:
-    path.write_text(json.dumps(data))  # JSON is YAML
-    return str(path)
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def fault(cloud, method: str, status: int, skip: int = 0) -> None:
