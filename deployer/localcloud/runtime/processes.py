@@ -9,10 +9,19 @@ API polls: PENDING while booting, READY once a probe passed, FAILED with Cloud R
 message (failures.py) otherwise.
 
 After that first boot the instance comes and goes like Cloud Run's (gcp-facts §1.6): a revision with
-no traffic, no tag, no open request and ``min_instance_count`` 0 is stopped after ``idle_stop``
-seconds; one with ``min_instance_count`` ≥ 1 is kept (restarted if it dies); a request to a stopped
-revision starts it again (a cold start, through ``lease``). A revision stays Ready while scaled to
-zero, as on Cloud Run.
+no traffic, no tag and no open request is stopped after ``idle_stop`` seconds; one with
+``min_instance_count`` ≥ 1 that has traffic or a tag is kept (restarted if it dies); a request to a
+stopped revision starts it again (a cold start, through ``lease``). A revision stays Ready while scaled
+to zero, as on Cloud Run.
+
+Min instances only for a revision with traffic or a tag: Google's Knative serving page (the Cloud Run API's
+model) says "Minimum instances are started only if the revision is addressable. A revision is addressable
+if either of the following is true: It receives a percentage of the traffic. It was assigned a revision
+tag." Cloud Run's own revisions page only says "Revisions that are not receiving requests don't consume any
+resources … However, if your revision has minimum instances configured, there are billing
+considerations" — a doubt, not a contradiction; a third party calls revision-level min instances a cost
+"per accumulated tag" (PolicyEngine/policyengine-api#3744), which fits the Knative rule. Without it, every
+release of a min-instances service left one more process running here for good.
 
 Each revision keeps its stdout/stderr (and system lines such as Cloud Run's "Container called
 exit(1).") in a ring buffer, served at ``/_localcloud/revisions/{name}/logs``.
@@ -554,7 +563,7 @@ class ProcessRuntime:
         for record in self.records():
             if record.state.readiness is not Readiness.READY:
                 continue
-            wanted = record.min_instances > 0
+            wanted = record.min_instances > 0 and record.name in serving  # addressable only (module docstring)
             if wanted and record.instance is None and record.boot is None:
                 self._log_system(record, "Starting an instance to keep min_instance_count.")
                 self._begin_boot(record)

@@ -447,19 +447,25 @@ def test_an_unserved_revision_stops_when_idle_and_cold_starts_on_rollback(env):
     assert env.record("idle-a")["boots"] == 2
 
 
-def test_min_instances_keep_a_revision_running(env):
+def test_min_instances_keep_a_tagged_revision_running_and_let_an_unaddressable_one_go(env):
     import os
     import signal
 
     create(env.services, "warm", Deploy(min_instances=1))
-    update(env.services, "warm", Deploy(image="local/chat-backend:v2"), "b", [(None, 100, "")])
+    # 0% but tagged: addressable, so its min instance is kept
+    update(env.services, "warm", Deploy(image="local/chat-backend:v2"), "b", [(None, 100, ""), ("a", 0, "prev")])
     first_pid = env.record("warm-a")["pid"]
     env.sweep(later_s=3600)
     assert env.record("warm-a")["running"] and env.record("warm-a")["pid"] == first_pid
     os.killpg(first_pid, signal.SIGKILL)  # the instance dies: min instances bring one back
     until(lambda: not env.record("warm-a")["running"] or env.record("warm-a")["pid"] != first_pid)
     env.sweep(later_s=0)
-    until(lambda: env.record("warm-a")["running"] and env.record("warm-a")["pid"] != first_pid, deadline_s=15)
+    until(lambda: env.record("warm-a")["ready"] and env.record("warm-a")["pid"] != first_pid, deadline_s=15)
+    # the tag removed: no traffic, no tag — scaled to zero when idle, min instances or not
+    update(env.services, "warm", None, "b", [("b", 100, "")])
+    env.sweep(later_s=61)
+    until(lambda: not env.record("warm-a")["running"], deadline_s=15)
+    assert env.record("warm-b")["running"]
 
 
 def test_revision_logs_and_runtime_listing(env):
