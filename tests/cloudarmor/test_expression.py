@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import celpy
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -248,3 +249,13 @@ def test_from_http_lowercases_names_and_joins_repeated_headers():
     assert parse("request.headers['x-a'] == '1,2'").evaluate(r)
     # keys are looked up lower-case even if a caller built the mapping by hand
     assert parse(SEED).evaluate(req("/ws", headers={"Upgrade": "websocket"}))
+
+
+def test_the_shared_cel_parser_is_built_with_larks_grammar_cache() -> None:
+    """The ~90 ms grammar analysis of an offline `check` is cached (bench/cli_startup.py measures it)."""
+    from celpy.celparser import CELParser
+
+    parse("request.path.matches('^/ws')")
+    parser = CELParser.CEL_PARSER
+    assert parser is not None and parser.options.cache is True
+    assert parser.options.tree_class is celpy.InterpretedRunner.tree_node_class
