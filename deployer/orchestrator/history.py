@@ -47,6 +47,7 @@ STATUS_STYLE = {
 }
 GONE_STYLE = "bold red"
 RESUME_HINT = "`deployer resume -c CONFIG` finishes or rolls it back"
+INCOMPLETE_HINT = "`deployer resume -c CONFIG` tries again to put back what is still changed"
 
 
 def when_text(at: datetime | None) -> str:

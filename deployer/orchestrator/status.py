@@ -32,6 +32,7 @@ from rich.text import Text
 
 from deployer.orchestrator.history import (
     GONE_STYLE,
+    INCOMPLETE_HINT,
     RESUME_HINT,
     DeploySummary,
     duration_text,
@@ -359,6 +360,10 @@ def render_status(status: ServiceStatus, console: Console) -> None:
             console.print(Text(f"    {status.last.gone}: {RESUME_HINT}", style=GONE_STYLE))
         elif status.last.why and status.last.status != "succeeded":
             console.print(f"    why: {status.last.why}")
+        if status.last.status == "rollback_incomplete" and not status.last.gone:
+            for item in status.last.remaining:
+                console.print(Text(f"    still changed: {item}", style="bold red"))
+            console.print(Text(f"    {INCOMPLETE_HINT}", style="bold"))
         if status.last_succeeded and status.last_succeeded is not status.last:
             line = Text("  last succeeded: ")
             line.append(_deploy_line(status.last_succeeded, status.at))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from datetime import timedelta
@@ -120,6 +121,24 @@ def test_after_a_rollback_the_last_deploy_says_why_and_the_last_success_is_shown
     out = text_of(status)
     assert "d-20260302-100000-c3d4 rolled back" in out and "why: gate_candidate failed" in out
     assert "last succeeded: d-20260302-093000-a1b2 succeeded" in out
+
+
+def test_an_incomplete_rollback_says_what_is_still_changed_and_to_resume() -> None:
+    bad = summarize(fold(rolled_back_deploy().records))
+    left = ("compute.backendService chat-backend-bs: customRequestHeaders still the deploy's",)
+    incomplete = dataclasses.replace(bad, status="rollback_incomplete", remaining=left)
+    status = build_status(
+        service=KEY,
+        service_name=SERVICE_NAME,
+        at=NOW,
+        observed_service=service(),
+        plan=plan_of(NOOP),
+        history=[incomplete],
+    )
+    out = text_of(status)
+    assert f"still changed: {left[0]}" in out
+    assert "`deployer resume -c CONFIG` tries again to put back what is still changed" in out
+    assert "tries again" not in text_of(dataclasses.replace(status, last=bad))
 
 
 def test_after_an_emergency_rollback_it_is_the_last_and_the_last_success_is_still_a_deploy() -> None:
