@@ -72,14 +72,16 @@ from deployer.orchestrator.journal import (
     Journal,
     JournalState,
     RestoreTarget,
+    before_reopening,
     load,
     new_deploy_id,
     restore_targets,
+    this_attempt,
     what_to_undo,
 )
 from deployer.orchestrator.lock import LockInfo, ServiceLock, holder_alive
 from deployer.orchestrator.owner import Owner
-from deployer.orchestrator.pins import DEFAULT_PIN_TTL, Pin, new_pin, write_pin
+from deployer.orchestrator.pins import DEFAULT_PIN_TTL, Pin, new_pin, read_pin, write_pin
 from deployer.orchestrator.rollback_target import (
     ROLLBACK,
     Target,
@@ -418,6 +420,10 @@ class EmergencyRollback:
         assert target.revision is not None
         rid = journal.deploy_id
         undo_from = next((s for s in journals if s.deploy_id == target.journal_id), None)
+        if journal.state.reopened:
+            foreign = changed_since_first_attempt(journal.state, live)
+            if foreign is not None:
+                return self._left_alone(journal, result, live, foreign)
         infra = self._infra_targets(undo_from) if options.infra else []
         try:
             if infra:
@@ -431,20 +437,27 @@ class EmergencyRollback:
             return self._undo_own(journal, result, RollbackFailed(exc.message, changed=changed, hint=exc.hint))
         result.traffic_after = [s.to_json() for s in traffic.effective(after)]
         result.why = target.why
-        pin = write_pin(
-            store,
-            new_pin(
-                self.key,
-                revision=target.revision,
-                reason=options.reason,
-                owner=owner,
-                now=pinned_at,
-                ttl=options.pin_for,
-                rollback_id=rid,
-            ),
-        )
+        pin: Pin | None
+        if journal.state.reopened and any(d.decision == "pin" for d in journal.state.decisions):
+            # a retry whose first attempt pinned: its pin stays as it is, and one that is gone (unpinned, or
+            # replaced) is not written again: only an operator's ``deployer rollback`` pins anew
+            found = read_pin(store, self.key)
+            pin = found if found is not None and found.rollback_id == rid else None
+        else:
+            pin = write_pin(
+                store,
+                new_pin(
+                    self.key,
+                    revision=target.revision,
+                    reason=options.reason,
+                    owner=owner,
+                    now=pinned_at,
+                    ttl=options.pin_for,
+                    rollback_id=rid,
+                ),
+            )
+            journal.decision("pin", options.reason, revision=target.revision, expires_at=pin.expires_at.isoformat())
         result.pin = pin
-        journal.decision("pin", options.reason, revision=target.revision, expires_at=pin.expires_at.isoformat())
         self._mark("pinned")
         remaining = self._remaining_infra(undo_from) if not options.infra else []
         result.remaining = remaining
@@ -463,7 +476,7 @@ class EmergencyRollback:
             source=target.source,
             traffic_after=result.traffic_after,
             owned_armor_priorities=owned,
-            pinned_until=pin.expires_at.isoformat(),
+            pinned_until=pin.expires_at.isoformat() if pin is not None else None,
             why=target.why,
         )
         result.status = status
@@ -737,12 +750,44 @@ class EmergencyRollback:
                 return [int(p) for p in owned]
         return []
 
+    def _left_alone(self, journal: Journal, result: RollbackResult, live: JSON, changed: str) -> RollbackResult:
+        """A retry that finds the service changed since its first attempt: nothing is written (a hand-made fix,
+        hours later, is not moved back); finished ``aborted``, reported as changed by someone else."""
+        line = f"{RUN_SERVICE} {self.name}: {changed}"
+        self.log.error("rollback.left_alone", why=changed)
+        result.why = changed
+        result.traffic_after = [s.to_json() for s in traffic.effective(live)]
+        result.restored = [
+            {
+                "kind": RUN_SERVICE,
+                "resource": self.name,
+                "stage": "failed",
+                "detail": changed,
+                "changed_by_someone_else": True,
+            }
+        ]
+        result.remaining = [line]
+        result.hints = [
+            "look at the service as it is now (`deployer status`); run `deployer rollback` if it still must move"
+        ]
+        journal.finish(
+            "aborted",
+            "resume left the service alone: someone else changed it since the first attempt",
+            remaining=[line],
+            traffic_after=result.traffic_after,
+            why=changed,
+        )
+        result.status, result.exit_code = "aborted", 3
+        return result
+
     # ---- failure: put back what this rollback changed --------------------------------------------------------
     def _undo_own(self, journal: Journal, result: RollbackResult, failed: RollbackFailed) -> RollbackResult:
         from deployer.orchestrator.rollback import Restorer
 
         self.log.error("rollback.failed", why=failed.why)
         result.why = failed.why
+        if journal.state.reopened:
+            return self._undo_retry(journal, result, failed)
         if not what_to_undo(journal.state):
             journal.finish("failed", "nothing was changed", why=failed.why)
             result.status, result.exit_code = "failed", 1
@@ -764,6 +809,32 @@ class EmergencyRollback:
         else:
             journal.finish("rollback_incomplete", "failed, and could not put back", remaining=report.remaining)
             result.finished_incomplete(self.config)
+        self.log.error("rollback.finished", status=result.status, remaining=result.remaining)
+        return result
+
+    def _undo_retry(self, journal: Journal, result: RollbackResult, failed: RollbackFailed) -> RollbackResult:
+        """A retry (reopened journal) that failed: only what THIS attempt changed is put back — the first
+        attempt's changes (a traffic move that landed) stay — and it ends ``rollback_incomplete`` again, with
+        what the first attempt left."""
+        from deployer.orchestrator.rollback import Restorer
+
+        own = this_attempt(journal.state)
+        earlier = journal.state.earlier[-1].remaining if journal.state.earlier else ()
+        remaining = list(earlier)
+        if what_to_undo(own):
+            journal.decision(ROLLBACK, f"undo this retry's own changes: {failed.why}")
+            from deployer.gcp.cloudrun import CloudRun
+
+            run = CloudRun(self.clients, policy=self.options.policy, read_policy=self.options.read_policy)
+            report = Restorer(run, self.compute, journal).restore_all(this_attempt(journal.state))
+            result.restored = [i.to_json() for i in report.items]
+            result.hints = report.hints
+            remaining = [*report.remaining, *remaining]
+        journal.finish("rollback_incomplete", f"the retry failed: {failed.why}", remaining=remaining, why=failed.why)
+        result.remaining = remaining
+        if failed.hint:
+            result.hints.append(failed.hint)
+        result.finished_incomplete(self.config)
         self.log.error("rollback.finished", status=result.status, remaining=result.remaining)
         return result
 
@@ -828,6 +899,45 @@ class EmergencyRollback:
         journal.gate("restored", verdict.outcome.value, verdict.to_json())
         self._mark("verified")
         return str(verdict.outcome.value)
+
+
+def changed_since_first_attempt(state: JournalState, live: JSON) -> str | None:
+    """For a reopened rollback: why the service is no longer as its first attempt left it (someone else wrote
+    it since), or ``None`` when the retry may act on it. As it was left: the etag its last update on the
+    service left (``effect_done``), or the one that update's undo left (``rollback_step``), or the one read
+    before an update that did not land; or the service reads as that update intended (or, undone, as its
+    pre-image). No update on the service in the first attempt: its traffic is still what the rollback read
+    (the ``rollback`` decision's ``traffic_before``)."""
+    from deployer.orchestrator.resume import service_landed
+
+    etag = live.get("etag")
+    moves = [e for e in before_reopening(state) if e.kind == RUN_SERVICE]
+    if not moves:
+        intent = next(
+            (d for d in reversed(state.decisions) if d.decision == ROLLBACK and d.detail.get("to_revision")), None
+        )
+        before = (intent.detail.get("traffic_before") if intent is not None else None) or []
+        wanted = [traffic.Served(str(s["revision"]), int(s["percent"]), str(s.get("tag") or "")) for s in before]
+        if not before or traffic.same_effective(traffic.effective(live), wanted):
+            return None
+        return f"changed by someone else since the first attempt (traffic now {_show(traffic.effective(live))})"
+    last = moves[-1]
+    if last.undo in ("done", "skipped"):
+        ok = etag is not None and etag in (last.undo_precondition, last.pre_precondition)
+        ok = ok or (
+            last.pre_image is not None
+            and traffic.same_effective(traffic.effective(live), traffic.effective(last.pre_image))
+        )
+        expected = last.undo_precondition or last.pre_precondition
+    elif last.outcome == "not_applied":
+        ok = etag is not None and etag == last.pre_precondition
+        expected = last.pre_precondition
+    else:
+        ok = (etag is not None and etag == last.post_precondition) or service_landed(last, live)
+        expected = last.post_precondition
+    if ok:
+        return None
+    return f"changed by someone else since the first attempt (etag {expected} → {etag}); deployer did not overwrite it"
 
 
 def _show(served: Sequence[traffic.Served]) -> str:

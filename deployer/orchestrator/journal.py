@@ -280,6 +280,7 @@ class EffectState:
     error: ErrorInfo | None = None
     undo: UndoStage = "none"
     undo_error: ErrorInfo | None = None
+    undo_precondition: str | None = None  # the etag / fingerprint the undo's own write left (its rollback_step)
 
     @property
     def started(self) -> bool:
@@ -310,6 +311,7 @@ class JournalState:
     rolling_back: bool = False
     finished: Finished | None = None
     earlier: tuple[Finished, ...] = ()  # ``finished`` records a resume reopened, oldest first
+    reopened_seq: int | None = None  # the seq of the ``resume`` decision that last reopened it
 
     @property
     def reopened(self) -> bool:
@@ -367,6 +369,7 @@ def step(state: JournalState | None, record: Record) -> JournalState:
                 base,
                 finished=None,
                 earlier=(*state.earlier, state.finished),
+                reopened_seq=record.seq,
                 decisions=(*state.decisions, record),
             )
         if isinstance(record, Decision) and record.decision == RESUME:
@@ -443,7 +446,8 @@ def step(state: JournalState | None, record: Record) -> JournalState:
                 raise _fail(record, f"effect {eid!r} is already undone")
             if (e.kind, e.resource_id) != (record.kind, record.resource_id):
                 raise _fail(record, f"effect {eid!r} is on {e.kind} {e.resource_id}, not {record.resource_id}")
-            updated[eid] = replace(e, undo=record.stage, undo_error=record.error)
+            undo_pre = record.precondition if record.precondition is not None else e.undo_precondition
+            updated[eid] = replace(e, undo=record.stage, undo_error=record.error, undo_precondition=undo_pre)
         return replace(base, effects=updated, rolling_back=True)
     if isinstance(record, Finished):
         return replace(base, finished=record)
@@ -467,6 +471,24 @@ def what_to_undo(state: JournalState) -> list[EffectState]:
     the pre-image the undo is ``skipped``, otherwise it is put back."""
     todo = [e for e in state.effects.values() if e.needs_undo]
     return sorted(todo, key=lambda e: e.started_seq or 0, reverse=True)
+
+
+def this_attempt(state: JournalState) -> JournalState:
+    """``state`` with only the effects of the current attempt: for a reopened journal, those started after
+    the ``resume`` decision that reopened it (what a failing retry may undo: the first attempt's changes
+    were its own, and undoing them would take back what it got right); otherwise ``state`` itself."""
+    cut = state.reopened_seq
+    if cut is None:
+        return state
+    return replace(state, effects={k: e for k, e in state.effects.items() if (e.started_seq or -1) > cut})
+
+
+def before_reopening(state: JournalState) -> list[EffectState]:
+    """The effects started before the ``resume`` decision that reopened ``state`` (all of them when it was not
+    reopened), in the order they were started."""
+    cut = state.reopened_seq
+    started = [e for e in state.effects.values() if e.started and (cut is None or (e.started_seq or 0) < cut)]
+    return sorted(started, key=lambda e: e.started_seq or 0)
 
 
 @dataclass(frozen=True)

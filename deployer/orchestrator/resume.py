@@ -21,9 +21,14 @@
   again — only what is not back yet, each resource compared with what the deploy left and with its
   pre-image before anything is written, a resource someone else changed left alone and reported — and
   an emergency rollback is carried forward to its target again (and verified again if it was asked to
-  be). The journal then ends with a second ``finished``: both outcomes stay in it (``history``,
-  ``why``). Every other finished journal (succeeded, rolled back, failed, aborted: a foreign change is
-  for a person to look at) needs nothing.
+  be) — only while the service is as its first attempt left it (``emergency.changed_since_first_attempt``;
+  else it is left alone, ``aborted``), without writing again a pin that is gone, and undoing on failure
+  only the retry's own effects (``journal.this_attempt``). An undo by resume verifies when any resume of
+  the journal was asked to (``verify_asked``). The journal then ends with a second ``finished``: both
+  outcomes stay in it (``history``, ``why``). Only while NO journal of any kind (``unpin``, ``unlock``
+  included) came after it: an operator who acted since decides (``decide``'s ``later``). Every other
+  finished journal (succeeded, rolled back, failed, aborted: a foreign change is for a person to look at)
+  needs nothing.
 
 **Unknown outcomes** (an ``effect_started`` with no result: the process died during the call) are
 settled first, each by re-reading the resource and comparing it with the intended after (landed:
@@ -122,9 +127,17 @@ def _left(state: JournalState) -> str:
     return f"left: {', '.join(names)}" if names else state.finished.summary
 
 
-def decide(state: JournalState) -> ResumePlan:
-    """What resuming ``state`` does (the module docstring's rule)."""
+def decide(state: JournalState, later: JournalState | None = None) -> ResumePlan:
+    """What resuming ``state`` does (the module docstring's rule). ``later``: the newest journal of any kind
+    (``unpin`` and ``unlock`` included) started after ``state``, if any: a finished journal is reopened only
+    when nothing came after it (an operator who unpinned, a deploy or rollback since, acted on what it left)."""
     op = state.started.operation
+    if state.is_finished and later is not None and state.status in REOPENABLE:
+        return ResumePlan(
+            "nothing",
+            f"{state.deploy_id} ended {state.status}, but the {later.started.operation} {later.deploy_id} came "
+            "after it: resume retries it only while nothing has followed it",
+        )
     if state.is_finished:
         if state.status in REOPENABLE and op == "deploy":
             return ResumePlan("undo", f"its rollback was incomplete ({_left(state)}); resume puts back what remains")
@@ -298,8 +311,10 @@ class Resumer:
             if newest is None:
                 return ResumeResult(self.key, "nothing", 0, message="no journal: nothing to resume")
             target_id = newest.deploy_id
-            if newest.is_finished and decide(newest).action == "nothing":
-                return self._nothing(newest)
+            if newest.is_finished:
+                plan = decide(newest, later_than(store, self.key, newest))
+                if plan.action == "nothing":
+                    return self._nothing(newest, plan)
         lease = lock.acquire(
             target_id,
             owner,
@@ -315,21 +330,27 @@ class Resumer:
                 # reopening a finished journal: only while it is still the newest and still to retry (a deploy
                 # or another resume may have come and gone between the read above and the lock)
                 newest = newest_operation(store, self.key)
-                if newest is None or newest.deploy_id != target_id or decide(journal.state).action == "nothing":
-                    return self._nothing(newest or journal.state)
+                plan = decide(journal.state, later_than(store, self.key, journal.state))
+                if newest is None or newest.deploy_id != target_id or plan.action == "nothing":
+                    return self._nothing(newest or journal.state, plan if newest is not None else None)
             return self._resume(store, journal, owner)
         finally:
             with contextlib.suppress(DeployerError):
                 lease.release()
 
-    def _nothing(self, newest: JournalState) -> ResumeResult:
+    def _nothing(self, newest: JournalState, plan: ResumePlan | None = None) -> ResumeResult:
+        if plan is not None and plan.action == "nothing" and newest.status in REOPENABLE:
+            message = f"nothing to resume: {plan.why}"
+        else:
+            message = f"nothing to resume: the newest journal ({newest.deploy_id}) is {newest.status}"
         return ResumeResult(
             self.key,
             "nothing",
             0,
             deploy_id=newest.deploy_id,
             operation=newest.started.operation,
-            message=f"nothing to resume: the newest journal ({newest.deploy_id}) is {newest.status}",
+            why=plan.why if plan is not None else None,
+            message=message,
         )
 
     def _stale_lease(self, lock: ServiceLock, holder: Any, owner: Owner) -> ResumeResult:
@@ -380,10 +401,11 @@ class Resumer:
                 by=owner.describe(),
                 retry_of=state.finished.status,
                 remaining=list(state.finished.remaining),
+                verify=self.options.verify,
             )
             journal.phase("resume")
         else:
-            journal.decision(RESUME, plan.why, action=plan.action, by=owner.describe())
+            journal.decision(RESUME, plan.why, action=plan.action, by=owner.describe(), verify=self.options.verify)
         result.settled = self._settle_unknown(journal)
         if plan.action == "void":
             journal.finish("failed", "died before changing anything", why=plan.why)
@@ -466,7 +488,7 @@ class Resumer:
         result.restored = [i.to_json() for i in report.items]
         result.hints = report.hints
         status: FinalStatus = "rolled_back" if report.ok else ("aborted" if report.foreign else "rollback_incomplete")
-        if report.ok and self.options.verify:
+        if report.ok and verify_asked(journal.state, self.options.verify):
             verdict = self._gate(journal, "restored", None)
             if verdict != "Passed":
                 status = "rollback_incomplete"
@@ -653,6 +675,22 @@ class Resumer:
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------
+
+
+def verify_asked(state: JournalState, now: bool) -> bool:
+    """Whether an undo by resume ends with the gate on the restored path: asked now (``--verify``), or by an
+    earlier resume of this journal (its ``resume`` decision, or the ``restored`` gate it ran) — a retry after
+    a gate that did not pass never finishes ``rolled_back`` without passing it."""
+    if now or any(g.target == "restored" for g in state.gates):
+        return True
+    return any(d.decision == RESUME and d.detail.get("verify") for d in state.decisions)
+
+
+def later_than(store: StateStore, key: str, state: JournalState) -> JournalState | None:
+    """The newest journal of any kind (``unpin`` / ``unlock`` included) newer than ``state``, if any."""
+    for other in newest_first(store, key):
+        return None if other.deploy_id == state.deploy_id else other
+    return None
 
 
 def newest_first(store: StateStore, key: str) -> Iterator[JournalState]:

@@ -14,6 +14,7 @@ import pytest
 from rich.console import Console
 
 from deployer.errors import CloudError, JournalError
+from deployer.orchestrator.emergency import changed_since_first_attempt
 from deployer.orchestrator.history import summarize
 from deployer.orchestrator.journal import (
     RESUME,
@@ -23,13 +24,15 @@ from deployer.orchestrator.journal import (
     Journal,
     JournalState,
     Record,
+    before_reopening,
     fold,
     read_records,
     restore_targets,
+    this_attempt,
     what_to_undo,
 )
 from deployer.orchestrator.report import DeployResult, render_result
-from deployer.orchestrator.resume import decide
+from deployer.orchestrator.resume import decide, verify_asked
 from deployer.orchestrator.rollback import backend_intended_after
 from deployer.orchestrator.why import explain
 from deployer.plan import ARMOR_RULE, BACKEND_SERVICE, RUN_SERVICE, Action
@@ -263,3 +266,93 @@ def test_the_backend_service_a_write_meant_to_leave() -> None:
     assert backend_intended_after(patch) == {**pre, "customRequestHeaders": ["B"]}  # a merge patch over what it read
     assert backend_intended_after(write("compute.backendServices.update", {"name": "api-bs"})) == {"name": "api-bs"}
     assert backend_intended_after(write("compute.backendServices.patch", {}, None)) is None  # cannot tell
+
+
+# ---- what came after, and what a retry may touch ---------------------------------------------------------------
+
+
+def test_decide_reopens_nothing_that_another_journal_followed(tmp_path: Path) -> None:
+    j, _ = deploy_whose_rollback_left_two(tmp_path)
+    later = journal(tmp_path / "later", operation="unpin").state
+    plan = decide(j.state, later)
+    assert plan.action == "nothing"
+    assert plan.why == (
+        f"{DEPLOY} ended rollback_incomplete, but the unpin {DEPLOY} came after it: resume retries it only while "
+        "nothing has followed it"
+    )
+    assert decide(j.state, None).action == "undo"
+    running = journal(tmp_path / "running")  # an unfinished journal is never blocked by what came after
+    assert decide(running.state, later).action == "void"
+
+
+def test_the_fold_knows_where_the_retry_began(tmp_path: Path) -> None:
+    j, ids = deploy_whose_rollback_left_two(tmp_path)
+    assert j.state.reopened_seq is None and this_attempt(j.state) is j.state
+    j.decision(RESUME, "retry")
+    cut = j.state.reopened_seq
+    assert cut == j.state.decisions[-1].seq
+    new = effect(j, RUN_SERVICE, SVC, {"etag": '"e5"'}, {"template.revision": OLD})
+    assert list(this_attempt(j.state).effects) == [new]
+    assert [e.effect for e in before_reopening(j.state)] == [ids["bs"], ids["rule"], ids["svc"]]
+    target = restore_targets(this_attempt(j.state))[0]
+    j.rollback_step(target, "started")
+    j.rollback_step(target, "done", precondition='"e7"')
+    assert j.state.effects[new].undo_precondition == '"e7"'
+    assert reopened_from_store(tmp_path) == j.state
+
+
+def _emergency_left(tmp_path: Path, *, applied: bool) -> Journal:
+    """An emergency rollback whose traffic update landed (or was refused), then ended incomplete; reopened."""
+    j = journal(tmp_path, operation="rollback")
+    before = [{"revision": NEW, "percent": 100, "tag": ""}]
+    j.decision("rollback", "5xx", to_revision=OLD, source="journal", verify=True, traffic_before=before)
+    eid = j.pre_image(kind=RUN_SERVICE, resource_id=SVC, resource={"etag": '"e1"'}, precondition='"e1"')
+    intended = {"traffic": [{"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION", "revision": OLD, "percent": 100}]}
+    j.effect_started(eid, action=Action.UPDATE, method="run.services.patch", intended=intended)
+    if applied:
+        j.effect_done(eid, result={}, precondition='"e2"')
+    else:
+        j.effect_failed(eid, CloudError("HTTP 400", status=400), outcome="not_applied")
+    j.finish("rollback_incomplete", "verify did not pass")
+    j.decision(RESUME, "retry")
+    return j
+
+
+def _service(etag: str, revision: str) -> dict[str, Any]:
+    return {
+        "etag": etag,
+        "traffic": [{"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION", "revision": revision, "percent": 100}],
+        "trafficStatuses": [{"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION", "revision": revision, "percent": 100}],
+    }
+
+
+def test_a_retry_acts_only_on_the_service_as_the_first_attempt_left_it(tmp_path: Path) -> None:
+    moved = _emergency_left(tmp_path / "a", applied=True).state
+    assert changed_since_first_attempt(moved, _service('"e2"', OLD)) is None  # the etag it left
+    assert changed_since_first_attempt(moved, _service('"e9"', OLD)) is None  # reads as it intended
+    why = changed_since_first_attempt(moved, _service('"e9"', NEW))  # fixed by hand since
+    assert why == 'changed by someone else since the first attempt (etag "e2" → "e9"); deployer did not overwrite it'
+    refused = _emergency_left(tmp_path / "b", applied=False).state
+    assert changed_since_first_attempt(refused, _service('"e1"', NEW)) is None  # as it read it
+    assert changed_since_first_attempt(refused, _service('"e3"', NEW)) is not None
+
+
+def test_a_retry_whose_first_attempt_never_wrote_the_service_compares_its_traffic(tmp_path: Path) -> None:
+    j = journal(tmp_path, operation="rollback")
+    before = [{"revision": NEW, "percent": 100, "tag": ""}]
+    j.decision("rollback", "5xx", to_revision=OLD, source="journal", infra=True, traffic_before=before)
+    j.finish("rollback_incomplete", "infra failed")
+    j.decision(RESUME, "retry")
+    assert changed_since_first_attempt(j.state, _service('"e1"', NEW)) is None
+    assert changed_since_first_attempt(j.state, _service('"e1"', OLD)) is not None
+
+
+def test_an_undo_by_resume_keeps_verifying_once_asked(tmp_path: Path) -> None:
+    j, _ = deploy_whose_rollback_left_two(tmp_path)
+    assert not verify_asked(j.state, False) and verify_asked(j.state, True)
+    j.decision(RESUME, "retry", verify=True)
+    assert verify_asked(j.state, False)
+    k = journal(tmp_path / "gate")
+    k.gate("restored", "Failed")
+    assert verify_asked(k.state, False)
+
