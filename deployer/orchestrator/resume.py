@@ -757,13 +757,13 @@ def _owned_by_plan(state: JournalState) -> list[int]:
 
 
 def _owned_before(store: StateStore, key: str, deploy_id: str) -> list[int]:
-    """What the newest finished journal before ``deploy_id`` owned (what an undone deploy leaves)."""
-    for other in list_deploys(store, key):
-        if other >= deploy_id:
-            continue
-        try:
-            state = load(store, key, other)
-        except DeployerError:
+    """What the newest finished journal before ``deploy_id`` owned (what an undone deploy leaves), in the one
+    order journals have (``newest_first``: ids to the second, then their ``started`` time — never the random
+    suffix of two ids in the same second)."""
+    seen = False
+    for state in newest_first(store, key):
+        if not seen:
+            seen = state.deploy_id == deploy_id
             continue
         if state.finished is None or state.started.operation in ADMIN_OPERATIONS:
             continue

@@ -32,12 +32,12 @@ from deployer.orchestrator.journal import (
     what_to_undo,
 )
 from deployer.orchestrator.report import DeployResult, render_result
-from deployer.orchestrator.resume import decide, verify_asked
+from deployer.orchestrator.resume import _owned_before, decide, verify_asked
 from deployer.orchestrator.rollback import backend_intended_after
 from deployer.orchestrator.why import explain
 from deployer.plan import ARMOR_RULE, BACKEND_SERVICE, RUN_SERVICE, Action
 from deployer.state.local import LocalStateStore
-from tests.orchestrator.resume_support import BS, DEPLOY, KEY, NEW, OLD, RULE, SVC, T0, journal
+from tests.orchestrator.resume_support import BS, DEPLOY, KEY, NEW, OLD, OWNER, RULE, SVC, T0, Clock, journal
 
 
 def reopened_from_store(tmp_path: Path) -> JournalState:
@@ -356,3 +356,16 @@ def test_an_undo_by_resume_keeps_verifying_once_asked(tmp_path: Path) -> None:
     k.gate("restored", "Failed")
     assert verify_asked(k.state, False)
 
+
+def test_what_an_undone_deploy_leaves_owned_follows_the_journals_order(tmp_path: Path) -> None:
+    """Two journals in the same second: the one started first is the earlier, whatever their random suffixes
+    say (``newest_first``), so the undone deploy leaves what that one owned."""
+    store = LocalStateStore(tmp_path / "state")
+    clock = Clock()
+    earlier = "d-20261126-145201-ffff"  # started first, but its suffix sorts after the deploy's
+    undone = "d-20261126-145201-0000"
+    for deploy_id, owned in ((earlier, [50, 1000]), (undone, [50, 1000, 70])):
+        j = Journal.begin(store, service=KEY, deploy_id=deploy_id, config_digest="x", owner=OWNER, clock=clock)
+        if deploy_id == earlier:
+            j.finish("succeeded", "deployed", owned_armor_priorities=owned)
+    assert _owned_before(store, KEY, undone) == [50, 1000]
