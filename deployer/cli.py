@@ -163,7 +163,8 @@ def plan(
     out: Annotated[str | None, typer.Option("--out", help="Write the applyable plan here (for deploy --plan).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="The plan as JSON (secrets masked).")] = False,
     detailed_exitcode: Annotated[
-        bool, typer.Option("--detailed-exitcode", help="Exit 2 when there are changes (0: none).")
+        bool,
+        typer.Option("--detailed-exitcode", help="Exit 2 when there are changes, 0 none, 1 any error (Terraform's)."),
     ] = False,
 ) -> None:
     """Show what a deploy would change (secrets masked): exit 0, or 2 with --detailed-exitcode on changes."""
@@ -387,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             logs.ensure_configured()  # logs to stderr, never into a command's output on stdout
             result = command.invoke(ctx)
     except DeployerError as exc:
-        return _report(exc)
+        return _error_exit(args, _report(exc))
     except typer.Exit as exc:
         return int(exc.exit_code or 0)
     except KeyboardInterrupt as exc:
@@ -419,10 +420,10 @@ def main(argv: list[str] | None = None) -> int:
         if path == "deployer" and args and args[0] in getattr(command, "commands", {}):
             path = f"deployer {args[0]}"  # click names no context for e.g. `-c` without its value
         print(f"hint: see `{path} --help`", file=sys.stderr)
-        return int(exc.exit_code)
+        return _error_exit(args, int(exc.exit_code))
     except typer.TyperException as exc:  # click's other errors (e.g. a file option it could not open)
         print(f"error: {_one_line(exc.format_message())}", file=sys.stderr)
-        return int(getattr(exc, "exit_code", 1))
+        return _error_exit(args, int(getattr(exc, "exit_code", 1)))
     except BrokenPipeError:  # stdout closed early (`deployer plan | head`): stop quietly, as a pipe expects
         import os
 
@@ -433,6 +434,17 @@ def main(argv: list[str] | None = None) -> int:
         if _main_thread() and signal.getsignal(signal.SIGTERM) is _on_sigterm:
             signal.signal(signal.SIGTERM, old_term)
     return result if isinstance(result, int) else 0
+
+
+def _error_exit(args: list[str], code: int) -> int:
+    """The exit code of a command that failed (a usage error, a config error, any ``DeployerError``).
+
+    ``plan --detailed-exitcode`` keeps Terraform's meaning — 0 no changes, 1 error, 2 changes — so a CI
+    job can tell changes from a broken config: there, every error is 1 (usage and config errors are 2
+    elsewhere). The flag is looked for in the raw arguments, since a usage error stops before parsing."""
+    if code == 2 and args[:1] == ["plan"] and "--detailed-exitcode" in args[1:]:
+        return 1
+    return code
 
 
 def _main_thread() -> bool:

@@ -197,6 +197,33 @@ def test_a_wrong_flag_is_one_line_and_reads_nothing(
         ), err
 
 
+# plan --detailed-exitcode: Terraform's 0 no changes, 1 error, 2 changes; an error must never read as "changes"
+DETAILED_ERRORS: list[tuple[list[str], str]] = [
+    (["plan", "-c", "TMP/nonexist.yaml", "--detailed-exitcode"], "no such file"),
+    (["plan", "-c", "CFG", "--detailed-exitcode", "--bogus"], "No such option: --bogus"),
+    (["plan", "--detailed-exitcode", "-c", "UNSET"], "DEPLOYER_TEST_UNSET_VAR is not set"),
+    (["plan", "-c", "CFG", "--detailed-exitcode", "--out", "TMP"], "is a directory"),
+]
+
+
+@pytest.mark.parametrize(("argv", "says"), DETAILED_ERRORS, ids=[d[1] for d in DETAILED_ERRORS])
+def test_plan_detailed_exitcode_errors_are_exit_1_never_2(
+    world: LocalCloud, tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], says: str
+) -> None:
+    cfg = write_config(tmp_path, world.endpoint)
+    unset = tmp_path / "unset.yaml"
+    unset.write_text(cfg.read_text().replace("image: ", "image: ${DEPLOYER_TEST_UNSET_VAR}", 1))
+    os.environ.pop("DEPLOYER_TEST_UNSET_VAR", None)
+    swap = {"CFG": str(cfg), "UNSET": str(unset)}
+    argv = [swap.get(a, a.replace("TMP", str(tmp_path))) for a in argv]
+    assert argv != [a for a in argv if a != "--detailed-exitcode"]
+    got, _out, err = run(argv, capsys)
+    assert (got, says in one_error(err)) == (1, True), err
+    # the same error without the flag keeps its usage/config exit code, 2
+    got, _out, err = run([a for a in argv if a != "--detailed-exitcode"], capsys)
+    assert (got, says in one_error(err)) == (2, True), err
+
+
 @pytest.mark.parametrize(
     ("args", "says", "hint"),
     [

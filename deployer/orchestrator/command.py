@@ -3,7 +3,9 @@
 Kept out of ``deployer/cli.py`` so the CLI stays a list of thin commands (the demo calls these too).
 
 ``plan``: 0 no changes; with ``--detailed-exitcode`` 2 when there are changes (Terraform's
-convention); 1 when preflight finds errors (deploy would refuse). The readable diff and ``--json``
+convention); 1 when preflight finds errors (deploy would refuse). A usage or config error is 2, except
+with ``--detailed-exitcode``, where every error is 1 (``deployer.cli._error_exit`` decides that, for
+click's usage errors too, which happen before this runs). The readable diff and ``--json``
 mask secret env values; ``--out FILE`` writes the applyable plan (it holds the literal env values a
 deploy writes, like a Terraform plan file: it is created 0600).
 
