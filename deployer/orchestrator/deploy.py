@@ -352,8 +352,7 @@ class Deployment:
                 raise DriftError(
                     f"{config.service.name}: {found.describe()}; someone moved traffic by hand (a manual rollback?), "
                     "and deploying now would report success while that split keeps serving",
-                    hint="move traffic back to what the last deploy left, or use `deployer rollback` / `deployer "
-                    "unpin` (issue 7) to record the pin; then deploy again",
+                    hint=drift_hint(found, config.source.file),
                 )
 
         self._phase("plan")
@@ -972,6 +971,17 @@ def _check_settled(service: Mapping[str, Any], label: str) -> None:
             f"observed {service.get('observedGeneration')}): {condition.get('message', '')}".rstrip(": "),
             method="run.services.patch",
         )
+
+
+def drift_hint(found: traffic.Drift, config_file: str) -> str:
+    """How to get past a drift refusal (README "Emergency rollback, pins"): adopt what serves now by recording
+    it as an emergency rollback — 100 % on one revision, pinned, so the next deploy clears the pin on purpose
+    (``--unpin``) — or put traffic back to what the last deploy left."""
+    top = max(found.live.items(), key=lambda rp: rp[1])[0] if found.live else "REVISION"
+    return (
+        f"to keep {top} serving, record it: `deployer rollback -c {config_file} --to {top} --reason ...` (100% on "
+        "it, pinned; then deploy with --unpin); or move traffic back to what the last deploy left; then deploy again"
+    )
 
 
 def _holder_journal(store: StateStore, info: LockInfo) -> HolderJournal:

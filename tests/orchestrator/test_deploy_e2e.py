@@ -389,6 +389,7 @@ def test_pinned_traffic_is_detected_and_refused(cloud, clients, data):
         deploy(make_config(data), options())
     assert f"traffic is pinned to {old} 100%" in info.value.message
     assert f"left {first.revision} 100%" in info.value.message
+    assert f"`deployer rollback -c {make_config(data).source.file} --to {old} --reason ...`" in str(info.value.hint)
     assert mutating_calls(cloud, mark) == []
 
 
