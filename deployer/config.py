@@ -19,7 +19,8 @@ Naming follows what a release engineer writes, mapped to the APIs in ``deployer/
   setting in the words of Google's billing-settings page; write either. Writing both with opposite
   meanings — the seed's inverted ``--cpu-throttling`` — is preflight CR023's error.
 - ``service.image`` may hold ``${VAR}`` references, filled from the environment (Cloud Build
-  substitutions passed as env); a variable that is not set is a ``ConfigError`` naming it.
+  substitutions passed as env); a variable that is not set, or is set but empty, is a ``ConfigError``
+  naming it.
   ``$$`` writes a literal ``$``.
 - Durations (``timeout``, ``bake_seconds``, rate-limit intervals...) are seconds: an integer, or a
   string such as ``"3600s"``, ``"60m"`` or ``"1h"``.
@@ -304,7 +305,9 @@ class ServiceConfig(_Model):
     @classmethod
     def _substitute(cls, value: str, info: ValidationInfo) -> str:
         environ = (info.context or {}).get("environ")
-        return substitute(value, environ if environ is not None else _os_environ())
+        # An empty value is refused here (the pipelines default `_IMAGE: ""`: a forgotten substitution
+        # would deploy image ''); substitute() itself keeps an empty value legitimate for other uses.
+        return substitute(value, environ if environ is not None else _os_environ(), empty_ok=False)
 
     @property
     def ingress_enum(self) -> str:
@@ -335,8 +338,9 @@ def _os_environ() -> Mapping[str, str]:
 _VAR = re.compile(r"\$\$|\$\{([^}]*)\}")
 
 
-def substitute(text: str, environ: Mapping[str, str]) -> str:
-    """Fill ``${VAR}`` from ``environ``; ``$$`` is a literal ``$``. A missing variable is a ValueError naming it."""
+def substitute(text: str, environ: Mapping[str, str], *, empty_ok: bool = True) -> str:
+    """Fill ``${VAR}`` from ``environ``; ``$$`` is a literal ``$``. A missing variable is a ValueError naming it,
+    and so is one that is set but empty unless ``empty_ok``."""
 
     def repl(match: re.Match[str]) -> str:
         if match.group(0) == "$$":
@@ -349,7 +353,13 @@ def substitute(text: str, environ: Mapping[str, str]) -> str:
                 f"environment variable {name} is not set (referenced as ${{{name}}}); "
                 "set it, e.g. from a Cloud Build substitution"
             )
-        return environ[name]
+        value = environ[name]
+        if not value and not empty_ok:
+            raise ValueError(
+                f"environment variable {name} is set but empty (referenced as ${{{name}}}); "
+                "set it, e.g. from a Cloud Build substitution (_IMAGE defaults to empty)"
+            )
+        return value
 
     return _VAR.sub(repl, text)
 

@@ -197,6 +197,43 @@ def test_missing_substitution_names_the_variable_and_line() -> None:
     assert err.message.startswith("cfg.yaml:5: service.image: ")
 
 
+@pytest.mark.parametrize("image", ["${IMAGE}", "r/chat:${IMAGE}"])
+def test_an_empty_image_variable_is_a_config_error_naming_it(image: str) -> None:
+    # cloudbuild/*.yaml default `_IMAGE: ""`: a forgotten substitution must not deploy image '' (or 'r/chat:')
+    err = error_of(MINIMAL.replace("r/chat:v1", image), {"IMAGE": ""})
+    assert "IMAGE is set but empty" in err.message and "${IMAGE}" in err.message
+    assert (err.line, err.key) == (5, "service.image")
+
+
+def test_check_of_a_fleet_config_with_an_empty_image_is_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from deployer.cli import main
+
+    monkeypatch.setenv("IMAGE", "")
+    assert main(["check", "-c", str(ROOT / "configs/fleet/netra-backend-europe-west1.yaml")]) == 2
+    assert "service.image: environment variable IMAGE is set but empty" in capsys.readouterr().err
+
+
+def test_an_empty_value_stays_legitimate_for_substitute_itself() -> None:
+    # only the image refuses it (substitute's other callers may mean an empty value)
+    assert substitute("a${X}b", {"X": ""}) == "ab"
+    with pytest.raises(ValueError, match="X is set but empty"):
+        substitute("a${X}b", {"X": ""}, empty_ok=False)
+
+
+def test_recovery_commands_read_an_empty_variable_as_a_placeholder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # rollback/resume/unpin/unlock never use the image: an emergency must not stop at an empty IMAGE
+    from deployer.orchestrator.recovery import _load
+
+    path = tmp_path / "c.yaml"
+    path.write_text(textwrap.dedent(MINIMAL.replace("r/chat:v1", "${IMAGE}")))
+    monkeypatch.setenv("IMAGE", "")
+    assert _load(str(path)).service.image == "unset-image"
+
+
 def test_dollar_dollar_is_a_literal_dollar() -> None:
     assert substitute("a$$b${X}", {"X": "1"}) == "a$b1"
     with pytest.raises(ValueError, match="not a variable reference"):

@@ -20,12 +20,12 @@ from deployer.errors import CorruptStateError, DeployerError, StateError, UsageE
 
 
 class _RecoveryEnviron(Mapping[str, str]):
-    """The environment, where a ``${VAR}`` that is not set reads as a placeholder: rollback, resume, unpin
-    and unlock never use the config's image (they put back what the journal recorded), and an emergency
-    must not stop at 3 a.m. because ``IMAGE`` is not set."""
+    """The environment, where a ``${VAR}`` that is not set (or is set but empty) reads as a placeholder:
+    rollback, resume, unpin and unlock never use the config's image (they put back what the journal
+    recorded), and an emergency must not stop at 3 a.m. because ``IMAGE`` is not set."""
 
     def __getitem__(self, name: str) -> str:
-        return os.environ.get(name, f"unset-{name.lower()}")
+        return os.environ.get(name) or f"unset-{name.lower()}"
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str)
