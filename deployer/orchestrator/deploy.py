@@ -36,7 +36,7 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -880,7 +880,7 @@ class Deployment:
         after = [s.to_json() for s in traffic.effective(final)]
         owned = sorted(self.desired.armor_rules) if status is Status.SUCCEEDED else None
         summary = {
-            Status.SUCCEEDED: f"deployed {run.revision}",
+            Status.SUCCEEDED: success_summary(self._shape(run.plan).candidate, run.revision, traffic.effective(final)),
             Status.ROLLED_BACK: "rolled back: every touched resource is back to its pre-image",
             Status.FAILED: "failed before changing anything",
             Status.ROLLBACK_INCOMPLETE: "rollback incomplete",
@@ -971,6 +971,16 @@ def _check_settled(service: Mapping[str, Any], label: str) -> None:
             f"observed {service.get('observedGeneration')}): {condition.get('message', '')}".rstrip(": "),
             method="run.services.patch",
         )
+
+
+def success_summary(candidate: bool, revision: str, served: Sequence[traffic.Served]) -> str:
+    """The closing line of a deploy that succeeded (``why``, ``history``): the revision it deployed, or — for
+    an infrastructure-only deploy, whose revision name was never created — that traffic stayed where it was."""
+    if candidate:
+        return f"deployed {revision}"
+    split = traffic.split(served)
+    where = ", ".join(f"{r} {p}%" if p != 100 else r for r, p in split.items()) or "no revision"
+    return f"applied infrastructure; traffic unchanged on {where}"
 
 
 def drift_hint(found: traffic.Drift, config_file: str) -> str:

@@ -5,7 +5,7 @@ stops with when its journal cannot be written."""
 from __future__ import annotations
 
 from deployer.orchestrator import traffic
-from deployer.orchestrator.deploy import drift_hint
+from deployer.orchestrator.deploy import drift_hint, success_summary
 
 
 def _drift(live: dict[str, int]) -> traffic.Drift:
@@ -20,3 +20,15 @@ def test_the_drift_hint_says_how_to_adopt_what_serves_now_and_names_no_internal_
     assert "issue" not in hint
     # a split made by hand: the revision with the most traffic is the one a rollback would keep
     assert "--to chat-backend-b " in drift_hint(_drift({"chat-backend-a": 10, "chat-backend-b": 90}), "c.yaml")
+
+
+def test_an_infrastructure_only_deploy_says_traffic_stayed_where_it_was():
+    served = [traffic.Served("chat-backend-old", 100, "previous")]
+    assert success_summary(True, "chat-backend-new", served) == "deployed chat-backend-new"
+    assert success_summary(False, "chat-backend-new", served) == (
+        "applied infrastructure; traffic unchanged on chat-backend-old"
+    )
+    split = [traffic.Served("chat-backend-a", 90), traffic.Served("chat-backend-b", 10, "canary")]
+    assert success_summary(False, "chat-backend-new", split) == (
+        "applied infrastructure; traffic unchanged on chat-backend-a 90%, chat-backend-b 10%"
+    )
