@@ -538,6 +538,36 @@ class StateConfig(_Model):
     bucket: str | None = None
     prefix: str = "deployer"
 
+    @field_validator("bucket")
+    @classmethod
+    def _bucket_name(cls, value: str | None) -> str | None:
+        # Google's bucket naming requirements, the rule the local cloud's storage API enforces too (facts.py)
+        problem = None if value is None else facts.gcs_bucket_name_problem(value)
+        if problem is not None:
+            raise ValueError(f"{value!r} {problem}")
+        return value
+
+    @field_validator("prefix")
+    @classmethod
+    def _object_prefix(cls, value: str, info: ValidationInfo) -> str:
+        # Written only where it means something: the objects' name prefix in the bucket, not a path.
+        if info.data.get("backend") == "local":
+            raise ValueError("prefix is for backend: gcs (this state is local: use path)")
+        if value.startswith("/"):
+            raise ValueError(f"{value!r} starts with '/': object names are relative to the bucket (write it without)")
+        if "\r" in value or "\n" in value:  # object naming: no carriage return or line feed
+            raise ValueError(f"{value!r} may not contain a line break")
+        if "//" in value or any(part in (".", "..") for part in value.split("/")):
+            raise ValueError(f"{value!r} has an empty, '.' or '..' part; write names separated by one '/'")
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _path_for_local(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("backend") == "gcs":
+            raise ValueError("path is for backend: local (this state is in a bucket: use bucket and prefix)")
+        return value
+
     @model_validator(mode="after")
     def _bucket_for_gcs(self) -> StateConfig:
         if self.backend == "gcs" and not self.bucket:

@@ -5,6 +5,8 @@ preflight rules (which refuse configs that break them). Every value cites
 
 from __future__ import annotations
 
+import re
+
 # ---- Cloud Run (gcp-facts §1, §4.5) ------------------------------------------------------------
 # §1.1 "The timeout is set by default to 5 minutes (300 seconds) and can be extended up to 60 minutes
 # (3600 seconds)." gcloud's lower bound is 1 s.
@@ -165,3 +167,28 @@ RUN_MEMORY_MIN_FOR_4_CPU_BYTES = 2 * 1024**3
 # value is 1.0."
 LB_LOG_SAMPLE_RATE_MIN = 0.0
 LB_LOG_SAMPLE_RATE_MAX = 1.0
+
+# ---- Cloud Storage ---------------------------------------------------------------------------------
+# Not in gcp-facts.md; Google's "Bucket naming requirements" (cloud.google.com/storage/docs/buckets#naming):
+# "Bucket names can only contain lowercase letters, numeric characters, dashes (-), underscores (_), and
+# dots (.)", "must start and end with a number or letter", "must contain 3-63 characters" (names with
+# dots may be up to 222; the local cloud does not emulate domain-named buckets, so neither do we),
+# "Bucket names cannot begin with the "goog" prefix", and no two adjacent dots. One rule for the local
+# cloud's storage API (which refuses such a bucket) and the config's ``state.bucket`` (a config error).
+GCS_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
+
+
+def gcs_bucket_name_problem(name: str) -> str | None:
+    """What breaks Google's bucket naming requirements in ``name`` (None when it is a valid name)."""
+    if name.startswith("gs://"):
+        return "is a URL; write the bucket's name alone, without gs://"
+    if not GCS_BUCKET_NAME.match(name):
+        return (
+            "is not a valid bucket name: 3-63 characters of lowercase letters, digits, '-', '_' and '.', "
+            "starting and ending with a letter or digit"
+        )
+    if ".." in name:
+        return "is not a valid bucket name: two dots in a row"
+    if name.startswith("goog"):
+        return "is not a valid bucket name: it may not begin with 'goog'"
+    return None

@@ -234,6 +234,43 @@ def test_recovery_commands_read_an_empty_variable_as_a_placeholder(
     assert _load(str(path)).service.image == "unset-image"
 
 
+STATE = "project: p\nregion: us-central1\nservice: {name: s, image: r/chat:v1}\nstate:\n"
+
+
+@pytest.mark.parametrize(
+    ("state", "line", "key", "says"),
+    [
+        ("  backend: gcs\n  bucket: gs://deployer-state\n", 6, "state.bucket", "without gs://"),
+        ("  backend: gcs\n  bucket: Deployer_State\n", 6, "state.bucket", "is not a valid bucket name"),
+        ("  backend: gcs\n  bucket: ab\n", 6, "state.bucket", "3-63 characters"),
+        ("  backend: gcs\n  bucket: a..b\n", 6, "state.bucket", "two dots"),
+        ("  backend: gcs\n  bucket: goog-state\n", 6, "state.bucket", "'goog'"),
+        ("  backend: gcs\n  bucket: deployer-state\n  prefix: /abs/\n", 7, "state.prefix", "starts with '/'"),
+        ("  backend: gcs\n  bucket: deployer-state\n  prefix: a//b\n", 7, "state.prefix", "empty, '.' or '..'"),
+        ("  backend: gcs\n  bucket: deployer-state\n  prefix: a/../b\n", 7, "state.prefix", "'..'"),
+        ("  backend: gcs\n  bucket: deployer-state\n  path: .deployer/\n", 7, "state.path", "backend: local"),
+        ("  path: .deployer/\n  prefix: deployer\n", 6, "state.prefix", "backend: gcs"),
+    ],
+)
+def test_state_values_are_checked_at_load(state: str, line: int, key: str, says: str) -> None:
+    err = error_of(STATE + state)
+    assert (err.line, err.key, says in err.message) == (line, key, True), err.message
+
+
+def test_a_good_gcs_state_loads_as_written() -> None:
+    state = load(STATE + "  backend: gcs\n  bucket: deployer_state.v2\n  prefix: deployer/chat/\n").state
+    assert (state.bucket, state.prefix) == ("deployer_state.v2", "deployer/chat/")
+
+
+def test_check_refuses_a_gs_url_as_state_bucket_offline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from deployer.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(STATE + "  backend: gcs\n  bucket: gs://deployer-state\n")
+    assert main(["check", "-c", str(path)]) == 2
+    assert f"{path}:6: state.bucket: 'gs://deployer-state' is a URL" in capsys.readouterr().err
+
+
 def test_dollar_dollar_is_a_literal_dollar() -> None:
     assert substitute("a$$b${X}", {"X": "1"}) == "a$b1"
     with pytest.raises(ValueError, match="not a variable reference"):

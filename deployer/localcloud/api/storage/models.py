@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import google_crc32c
 
+from deployer import facts
 from deployer.localcloud.api.common import ApiError
 from deployer.localcloud.world import World
 
@@ -46,11 +46,7 @@ BUCKET_NOT_FOUND = "The specified bucket does not exist."
 BUCKET_EXISTS = "Your previous request to create the named bucket succeeded and you already own it."
 BUCKET_NOT_EMPTY = "The bucket you tried to delete is not empty."
 
-# Bucket naming requirements: "Bucket names can only contain lowercase letters, numeric characters,
-# dashes (-), underscores (_), and dots (.)", "must start and end with a number or letter", "must
-# contain 3-63 characters" (names with dots may be up to 222; we do not emulate domain buckets),
-# "Bucket names cannot begin with the "goog" prefix", and no two adjacent dots.
-_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
+# Bucket naming requirements: deployer.facts.gcs_bucket_name_problem (shared with the config's state.bucket).
 OBJECT_NAME_MAX_BYTES = 1024
 
 # Writable object fields we keep (objects resource, JSON API); output-only ones are ignored.
@@ -207,7 +203,7 @@ def check_preconditions(current: StoredObject | None, pre: Preconditions, *, rea
 
 
 def validate_bucket_name(name: str) -> None:
-    if not _BUCKET_NAME.match(name) or ".." in name or name.startswith("goog"):
+    if facts.gcs_bucket_name_problem(name) is not None:
         raise ApiError(400, f"Invalid bucket name: '{name}'", reason="invalid")
 
 
