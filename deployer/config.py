@@ -609,6 +609,11 @@ class FreezeWindow(_Model):
             raise ValueError("a freeze window needs start and end, with end after start")
         if weekly and (not self.days or self.from_time is None or self.to_time is None):
             raise ValueError("a weekly freeze window needs days, from and to")
+        if weekly and self.from_time == self.to_time:  # active() holds for from <= t < to: never
+            raise ValueError(
+                f"a weekly freeze window from {self.from_time:%H:%M} to the same time is empty (it freezes nothing); "
+                "make to differ from from (to earlier than from runs over midnight), or use a start/end span"
+            )
         return self
 
     def active(self, at: datetime) -> bool:

@@ -419,6 +419,14 @@ def test_freeze_window_must_be_one_form() -> None:
     assert "either start/end" in err.message
 
 
+@pytest.mark.parametrize("times", ["from: '10:00', to: '10:00'", "from: 10:00, to: '10:00:00'"])
+def test_a_weekly_freeze_window_from_a_time_to_the_same_time_is_empty_and_refused(times: str) -> None:
+    # from <= t < to holds for no t: such a window would freeze nothing while looking like a freeze
+    err = error_of(MINIMAL + f"freeze:\n  - {{days: [thu], {times}}}\n")
+    assert (err.line, err.key) == (7, "freeze[0]")
+    assert "from 10:00 to the same time is empty" in err.message
+
+
 # ---- property tests: whatever comes in, only ConfigError (or a config) comes out -------------------
 
 yaml_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=20))
