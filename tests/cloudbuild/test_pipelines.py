@@ -6,6 +6,7 @@ Running each step's command against the local cloud is ``test_pipeline_runs.py``
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,52 @@ def test_rollback_needs_a_reason_before_it_runs(tmp_path: Path) -> None:
     assert tricky == (0, ""), tricky  # reached the shell as data, not as script
     values = resolve(build, {"_REASON": "bad release", "_CONFIG": "c.yaml"}, TEST_BUILTINS)
     assert step_argv(rollback, values) == ["deployer", "rollback", "-c", "c.yaml", "--reason", "bad release"]
+
+
+def header_gcloud_commands(name: str) -> list[list[str]]:
+    """The ``gcloud ...`` commands a pipeline's header comment documents, split as a POSIX shell splits them."""
+    lines = [line[1:].strip() for line in (ROOT / "cloudbuild" / name).read_text().splitlines() if line.startswith("#")]
+    commands: list[str] = []
+    joined = ""
+    for line in lines:
+        joined = f"{joined} {line}".strip() if joined else line
+        if joined.endswith("\\"):
+            joined = joined[:-1]
+            continue
+        if joined.startswith("gcloud "):
+            commands.append(joined)
+        joined = ""
+    return [shlex.split(c) for c in commands]
+
+
+def gcloud_dict_items(value: str) -> list[str]:
+    """How gcloud splits a dict flag's value (``gcloud topic escaping``): on ``,``, or on the delimiter X
+    of a value written ``^X^...``."""
+    delimiter = ","
+    if value.startswith("^"):
+        delimiter, _, value = value[1:].partition("^")
+    return value.split(delimiter)
+
+
+@pytest.mark.parametrize("name", PIPELINES)
+def test_header_substitutions_split_into_declared_keys_as_gcloud_splits_them(name: str) -> None:
+    # gcloud splits --substitutions on commas: a reason with a comma in it needs the ^~^ delimiter syntax
+    declared = set(load(name).get("substitutions") or {})
+    found = 0
+    for argv in header_gcloud_commands(name):
+        for arg in argv:
+            if arg.startswith("--substitutions="):
+                for item in gcloud_dict_items(arg.removeprefix("--substitutions=")):
+                    key, eq, _value = item.partition("=")
+                    assert eq and key in declared, f"{name}: {arg!r} gives gcloud the item {item!r}"
+                    found += 1
+    assert found  # every pipeline's header shows how to pass its substitutions
+
+
+def test_rollback_header_passes_a_reason_with_a_comma_whole() -> None:
+    runs = [a for a in header_gcloud_commands("rollback.yaml") if a[:4] == ["gcloud", "builds", "triggers", "run"]]
+    (subs,) = [a.removeprefix("--substitutions=") for a in runs[0] if a.startswith("--substitutions=")]
+    assert gcloud_dict_items(subs) == ["_REASON=5xx on /ws since 02:40, release 2025-09-07"]
 
 
 def test_fleet_runs_the_canary_region_first_then_the_others_in_parallel() -> None:
