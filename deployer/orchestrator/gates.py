@@ -4,7 +4,9 @@
   the URL from ``traffic_statuses[].uri``; do not build it"), unless the config names one
   (``gate.candidate.url``, e.g. a load-balancer host routed to the tag by a serverless NEG's
   ``cloudRun.tag``, §3.5, when ingress keeps tag URLs off the internet).
-- The public path is ``gate.public.url`` (the load balancer's address), or the service's own URI.
+- The public path is ``gate.public.url`` (the load balancer's address), or the service's own URI — which
+  bypasses the URL map and Cloud Armor, and which restricted ingress keeps off the internet (§3.5);
+  ``check`` warns of that with a load balancer configured (CR024).
 
 A host under ``.localhost`` (the local cloud's ``TAG---SERVICE.localhost:PORT``) is connected to on
 127.0.0.1 with the name sent as the Host header: RFC 6761 §6.3 says "localhost names" resolve to the

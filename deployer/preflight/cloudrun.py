@@ -636,3 +636,41 @@ def throttling_contradicts_billing(config: DeployConfig, live: Observed | None) 
         f'instance-based billing for a given service: gcloud run services update SERVICE --no-cpu-throttling".',
         fix,
     )
+
+
+# ---- CR024: the public gate without the load balancer's URL -------------------------------------
+# The public gate checks the path users take at each traffic step: through the load balancer's URL map,
+# its backend service and Cloud Armor. Without gate.public.url it probes the service's own URI (the
+# *.run.app URL, deployer/orchestrator/gates.py public_spec). gcp-facts §3.5: "Cloud Armor also protects
+# serverless NEGs when traffic is routed through a load balancer" — not on the run.app URL, so a Cloud
+# Armor rule or backend-service change that shuts users out passes that gate; and "All network ingress
+# paths are subject to the service's ingress setting", so with ingress restricted to the load balancer
+# the run.app URL cannot be reached from outside at all and every public gate fails.
+# A warning, not an error, for CR022's reason: a gate run inside the VPC reaches the run.app URL (and with
+# ingress "all" anyone does), and it still tests the release itself — it just misses the load-balancer path.
+CR024 = Rule("CR024", WARNING, "Public gate probes the service URL, not the load balancer", DOC_INGRESS)
+
+
+@register(CR024)
+def public_gate_off_the_lb(config: DeployConfig, live: Observed | None) -> Iterator[Finding]:
+    if config.load_balancer is None or config.gate.public.url is not None:
+        return
+    guard = " and Cloud Armor" if config.armor is not None else ""
+    message = (
+        f"gate.public.url is not set, so the public gate probes the service's own URL (*.run.app), not the path "
+        f"users take through the load balancer{guard}: a change there that refuses them (a deny rule, a backend "
+        f"the URL map does not reach) passes the gate"
+    )
+    if config.service.ingress != "all":
+        message += (
+            f'; and with ingress {config.service.ingress!r} ("All network ingress paths are subject to the '
+            f"service's ingress setting\") the run.app URL is not reachable from outside, so a public gate run "
+            f"from there fails on a healthy release"
+        )
+    path = config.gate.public.path if config.gate.public.path.startswith("/") else "/" + config.gate.public.path
+    yield CR024.at(
+        "gate",
+        "gate.public.url",
+        message + ".",
+        f"gate.public.url: wss://<the load balancer's host>{path}",
+    )

@@ -39,7 +39,10 @@ BASE: dict[str, Any] = {
     },
     "load_balancer": {"backend_service": "bs"},
     "armor": {"policy": "pol", "rules": []},
-    "gate": {"candidate": {"url": "wss://candidate.api.example.com/ws"}},  # an LB route to the tag (CR022)
+    "gate": {
+        "candidate": {"url": "wss://candidate.api.example.com/ws"},  # an LB route to the tag (CR022)
+        "public": {"url": "wss://api.example.com/ws"},  # the load balancer's host (CR024)
+    },
 }
 
 WS_THROTTLE = {
@@ -186,6 +189,10 @@ CASES: list[tuple[str, dict[str, Any], Observed | None, dict[str, Any], Observed
      {"gate": {"candidate": {"url": DELETE}}, **svc(ingress="all")}, None),
     ("CR022", merge(svc(ingress="internal"), {"gate": {"candidate": {"url": DELETE}}}), None,
      svc(ingress="internal"), None),
+    ("CR024", {"gate": {"public": {"url": DELETE}}}, None,
+     {"gate": {"public": {"url": DELETE}}, "load_balancer": DELETE, "armor": DELETE}, None),
+    ("CR024", merge(svc(ingress="all"), {"gate": {"public": {"url": DELETE, "path": "chat"}}}), None,
+     merge(svc(ingress="all"), {"gate": {"public": {"url": "ws://127.0.0.1:8080/chat"}}}), None),
     ("LB001", lb(timeout_sec=86400), None, lb(), None),
     ("LB001", lb(timeout_sec=30), live_backend(neg=serverless_neg("chat")),
      lb(timeout_sec=30), live_backend(neg={"name": "ig", "kind": "compute#instanceGroup"})),
@@ -374,3 +381,13 @@ def test_finding_to_dict_shape() -> None:
         "fix": "fix",
         "doc_url": "https://cloud.google.com/x",
     }
+
+
+def test_public_gate_off_the_lb_says_why_for_the_ingress_it_has() -> None:
+    restricted = next(f for f in run_rules(config({"gate": {"public": {"url": DELETE}}})) if f.code == "CR024")
+    assert "not reachable from outside" in restricted.message and "Cloud Armor" in restricted.message
+    assert restricted.fix == "gate.public.url: wss://<the load balancer's host>/ws"
+    open_to_all = {**svc(ingress="all"), "gate": {"public": {"url": DELETE, "path": "chat"}}, "armor": DELETE}
+    found = next(f for f in run_rules(config(open_to_all)) if f.code == "CR024")
+    assert "not reachable" not in found.message and "Cloud Armor" not in found.message
+    assert found.fix.endswith("/chat") and found.field == "gate.public.url"
