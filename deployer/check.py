@@ -84,7 +84,8 @@ def _table(resource: str, items: list[Finding]) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=Text(resource, style="bold"), title_justify="left", show_lines=True)
+    # The title is printed by render_table, not as the Table's: rich pads a table title to the table's width
+    table = Table(show_lines=True)
     table.add_column("", no_wrap=True)
     table.add_column("code", no_wrap=True)
     table.add_column("config key", overflow="fold", max_width=_KEY_WIDTH)
@@ -117,7 +118,8 @@ def render_table(path: str, findings: list[Finding], *, live: bool, stream: Text
     from rich.measure import Measurement
     from rich.text import Text
 
-    tables = [_table(resource, items) for resource, items in _grouped(findings).items()]
+    groups = _grouped(findings)
+    tables = [_table(resource, items) for resource, items in groups.items()]
     if width is None:
         width = max(shutil.get_terminal_size((120, 24)).columns, 100)
         if not (hasattr(stream, "isatty") and stream.isatty()):
@@ -126,7 +128,8 @@ def render_table(path: str, findings: list[Finding], *, live: bool, stream: Text
             width = max([width, *needed])
     console = Console(file=stream, width=width, soft_wrap=False, highlight=False)
     mode = "live" if live else "offline"
-    for table in tables:
+    for resource, table in zip(groups, tables, strict=True):
+        console.print(Text(resource, style="bold"))
         console.print(table)
     counts = summary(findings)
     verdict = Text("refused" if counts["error"] else "ok", style="bold red" if counts["error"] else "bold green")

@@ -132,6 +132,8 @@ def check_plan_out(out: str | None) -> None:
     target = Path(out)
     if target.is_dir():
         raise UsageError(f"cannot write the plan to {out}: it is a directory")
+    if not target.parent.exists():
+        raise UsageError(f"cannot write the plan to {out}: the directory {target.parent} does not exist")
     if not target.parent.is_dir():
         raise UsageError(f"cannot write the plan to {out}: {target.parent} is not a directory")
 
@@ -208,6 +210,9 @@ def run_deploy(
             console.print(f"[yellow]warning:[/yellow] {w}")
         render_plan(plan, console)
         if plan.is_empty:
+            from deployer.orchestrator.deploy import check_resumed_unlocked
+
+            check_resumed_unlocked(config)  # "no changes" over an incomplete rollback: resume it first (exit 4)
             return 0
         if console.input("Deploy this? [y/N] ").strip().lower() not in ("y", "yes"):
             console.print("nothing was changed")

@@ -45,10 +45,10 @@ def _out(stream: TextIO | None) -> TextIO:
     return stream or sys.stdout
 
 
-def _reason(reason: str | None, command: str) -> str:
+def _reason(reason: str | None, command: str, *, kept: str = "it is journaled, and shown with the pin") -> str:
     text = " ".join((reason or "").split())
     if not text:
-        raise UsageError(f"{command} needs --reason TEXT (it is journaled, and shown with the pin)")
+        raise UsageError(f"{command} needs --reason TEXT ({kept})")
     return text
 
 
@@ -204,7 +204,7 @@ def run_unlock(
     out = _out(stream)
     if not force:
         raise UsageError("unlock removes another process's lease: say so with --force (and --reason)")
-    why = _reason(reason, "unlock --force")
+    why = _reason(reason, "unlock --force", kept="it is journaled with the lock's removal")
     config = _load(path)
     _setup_logs(out)
     key = _key(config)

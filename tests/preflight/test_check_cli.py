@@ -168,3 +168,11 @@ def test_help_lists_check() -> None:
     assert proc.returncode == 0
     for flag in ("--config", "--live", "--json", "--allow-env-removal"):
         assert flag in proc.stdout
+
+
+def test_the_per_resource_titles_are_not_padded(capsys: pytest.CaptureFixture[str]) -> None:
+    # rich padded a Table title to the table's width: ~100 trailing spaces after each resource name
+    assert main(["check", "-c", SEED]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert "backendService/staging-api-backend" in lines and "service/netra-backend-staging" in lines
+    assert [line for line in lines if line != line.rstrip()] == []
