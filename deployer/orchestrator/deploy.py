@@ -72,9 +72,11 @@ from deployer.orchestrator.freeze import OVERRIDE_FREEZE, ActiveFreeze, FreezeOv
 from deployer.orchestrator.journal import (
     ADMIN_OPERATIONS,
     Journal,
+    JournalState,
     list_deploys,
     load,
     new_deploy_id,
+    newest_first_or_error,
     what_to_undo,
 )
 from deployer.orchestrator.lock import HEARTBEAT_EVERY, LOCK_TTL, HolderJournal, LockInfo, ServiceLock, holder_alive
@@ -283,18 +285,8 @@ class Deployment:
         """Under the lock, before anything is read (issue 7): an operation whose process died must be
         resumed first; an emergency rollback's pin refuses the deploy unless ``--unpin`` (journaled)."""
         from deployer.orchestrator.pins import active_pin, clear_journaled
-        from deployer.orchestrator.resume import newest_operation
 
-        state = newest_operation(store, self.key)
-        if state is not None and state.deploy_id != deploy_id and not state.is_finished:
-            who = state.started.owner.describe()
-            raise LockHeldError(
-                f"{self.key}: {state.started.operation} {state.deploy_id} by {who} never finished "
-                "(its process died): "
-                "it may have left resources half-changed",
-                hint=f"run `deployer resume -c {self.config.source.file}` to finish or roll it back first",
-                holder=state.started.owner.model_dump(mode="json"),
-            )
+        check_resumed(store, self.key, self.config.source.file, this_deploy=deploy_id)
         pin = active_pin(store, self.key, self.options.clock())
         if pin is None:
             return
@@ -971,6 +963,74 @@ def _check_settled(service: Mapping[str, Any], label: str) -> None:
             f"observed {service.get('observedGeneration')}): {condition.get('message', '')}".rstrip(": "),
             method="run.services.patch",
         )
+
+
+def resume_first(
+    state: JournalState | None,
+    *,
+    newest_id: str | None,
+    this_deploy: str | None,
+    config_file: str,
+    locked: bool = True,
+) -> LockHeldError | None:
+    """Why a deploy must not act before ``deployer resume`` (README "Emergency rollback, pins, resume"), or None.
+
+    ``state``: the newest deploy or rollback journal (``resume.newest_operation``); ``newest_id``: the newest
+    journal of any kind. Refused (exit 4, like a held lock: the service is someone's to finish first):
+    - a journal that never finished (its process died) — only when ``locked``: without the service lock, an
+      unfinished journal may be a deploy still running;
+    - a journal that finished ``rollback_incomplete`` that ``resume`` would try again (nothing came after it:
+      an operator who acted since decides, and resume would then do nothing) — the failed candidate may
+      still be tagged, the template may still hold its image, and a plan over that says "no changes".
+    An emergency ``rollback`` is never refused by this (``emergency.py`` does not call it): on-call must
+    always be able to move traffic."""
+    from deployer.orchestrator.resume import decide
+
+    if state is None or state.deploy_id == this_deploy:
+        return None
+    op, who = state.started.operation, state.started.owner.describe()
+    holder = state.started.owner.model_dump(mode="json")
+    if not state.is_finished:
+        if not locked:
+            return None
+        return LockHeldError(
+            f"{state.service}: {op} {state.deploy_id} by {who} never finished (its process died): "
+            "it may have left resources half-changed",
+            hint=f"run `deployer resume -c {config_file}` to finish or roll it back first",
+            holder=holder,
+        )
+    if state.status != "rollback_incomplete" or newest_id != state.deploy_id or decide(state).action == "nothing":
+        return None
+    assert state.finished is not None
+    left = [line.split(": ", 1)[0] for line in state.finished.remaining]
+    shown = ", ".join(f"{kind} {rid.rsplit('/', 1)[-1]}".strip() for kind, _, rid in (x.partition(" ") for x in left))
+    todo = "retry its rollback" if op == "deploy" else "carry it forward to its target"
+    return LockHeldError(
+        f"{state.service}: {op} {state.deploy_id} by {who} ended rollback_incomplete: "
+        f"{shown or state.finished.summary} may still be changed; deploying now would build on what it left",
+        hint=f"run `deployer resume -c {config_file}` to {todo} first",
+        holder=holder,
+    )
+
+
+def check_resumed(
+    store: StateStore, key: str, config_file: str, *, this_deploy: str | None, locked: bool = True
+) -> None:
+    """``resume_first`` over the store (reads only); raises its refusal."""
+    from deployer.orchestrator.resume import newest_operation
+
+    state = newest_operation(store, key)
+    newest_id = next((deploy_id for deploy_id, _ in newest_first_or_error(store, key)), None)
+    refusal = resume_first(state, newest_id=newest_id, this_deploy=this_deploy, config_file=config_file, locked=locked)
+    if refusal is not None:
+        raise refusal
+
+
+def check_resumed_unlocked(config: DeployConfig) -> None:
+    """For a deploy that ends before it takes the lock (``--if-changed``, or a confirmed deploy, with nothing
+    to change): refused over a ``rollback_incomplete`` journal all the same (``resume_first``)."""
+    store = open_store(config.state, Clients(endpoint=config.endpoint, project=config.project))
+    check_resumed(store, state_key(config), config.source.file, this_deploy=None, locked=False)
 
 
 def success_summary(candidate: bool, revision: str, served: Sequence[traffic.Served]) -> str:

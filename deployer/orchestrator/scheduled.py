@@ -2,7 +2,8 @@
 
 - ``--if-changed`` (scheduled redeploys, ``cloudbuild/redeploy-scheduled.yaml``): observe and plan
   first, with reads only; an empty plan ends the run here, exit 0, "no changes" — no mutating call to
-  the cloud, and no write to the state store either (the lock is not even taken: nothing will act).
+  the cloud, and no write to the state store either (the lock is not even taken: nothing will act) —
+  unless the newest deploy ended ``rollback_incomplete``: refused, exit 4, ``deployer resume`` first.
   A plan with changes goes on to the ordinary deploy, which takes the lock, observes and plans again
   under it (so what it applies is what is live then).
 - Freeze windows (config ``freeze:``): a deploy inside one is refused before anything is read,
@@ -62,7 +63,7 @@ def before_deploy(
     import json
 
     from deployer.orchestrator.command import _console, make_live_plan
-    from deployer.orchestrator.deploy import state_key
+    from deployer.orchestrator.deploy import check_resumed_unlocked, state_key
     from deployer.orchestrator.report import DeployResult, render_result
     from deployer.orchestrator.traffic import effective
 
@@ -70,6 +71,9 @@ def before_deploy(
     if not plan.is_empty:
         check_freeze(config, clock(), override=override)
         return None
+    # "no changes" is not the answer while a deploy's rollback was incomplete: what it left is what the plan
+    # compared with (the failed candidate's template, its tag). Refused as the deploy itself would (exit 4).
+    check_resumed_unlocked(config)
     key = state_key(config)
     _log.info("deploy.no_changes", service=key, if_changed=True, checked=len(plan.changes), warnings=warnings)
     served = [s.to_json() for s in effective(observed.service or {})]

@@ -15,10 +15,13 @@ from tests.orchestrator.deploy_support import (
     config_data,
     control,
     logs_back_to_defaults,  # noqa: F401  (autouse fixture)
+    mutating_calls,
     reseeded_clients,
     run,
+    snapshot,
     write_config,
 )
+from tests.test_cli_errors import hint_of, one_error
 
 pytestmark = pytest.mark.e2e
 
@@ -61,3 +64,47 @@ def test_an_infra_only_deploy_says_traffic_stayed_on_the_serving_revision(cloud,
     code, out, _ = run(capsys, "why", "last", "-c", cfg)
     assert code == 0 and f"applied infrastructure; traffic unchanged on {serving}" in out
     assert "deployed " not in out.replace(f"deployed {serving}", "")  # no claim to have deployed a new revision
+
+
+# ---- a deploy over a journal that ended rollback_incomplete ---------------------------------------------------
+
+
+def test_a_deploy_over_an_incomplete_rollback_is_refused_until_resume(cloud, clients, data, tmp_path, capsys):
+    data["service"]["image"] = "local/chat-backend:broken-upgrade"  # the candidate gate fails: roll back
+    cfg = write_config(data, tmp_path / "deploy.json")
+    before = snapshot(clients)
+    fault(cloud, "run.services.patch", 400, skip=1)  # the deploy's candidate goes through, its restore does not
+    code, out, _ = run(capsys, "deploy", "-c", cfg, "--yes")
+    assert code == 3 and out.startswith("ROLLBACK INCOMPLETE"), out
+    left = snapshot(clients)
+    assert left["traffic"] != before["traffic"]  # the failed candidate is still tagged
+    mark = len(cloud.world.requests)
+
+    for flags in (["--yes"], ["--if-changed", "--yes"], ["--yes", "--json"]):
+        code, out, err = run(capsys, "deploy", "-c", cfg, *flags)
+        assert code == 4, (flags, out, err)
+        assert out == ""
+        error, hint = one_error(err), hint_of(err)
+        assert "ended rollback_incomplete: run.service chat-backend may still be changed" in error, err
+        assert hint == f"hint: run `deployer resume -c {cfg}` to retry its rollback first", err
+    assert mutating_calls(cloud, mark) == [] and snapshot(clients) == left
+
+    code, out, err = run(capsys, "resume", "-c", cfg)
+    assert code == 0, out + err
+    assert snapshot(clients) == before
+    code, out, err = run(capsys, "deploy", "-c", cfg, "--if-changed", "--yes")
+    assert code == 1 and out.lower().startswith("rolled back"), out + err  # not held now: it runs, is rolled back
+
+
+def test_an_emergency_rollback_still_moves_traffic_over_an_incomplete_rollback(cloud, clients, data, tmp_path, capsys):
+    first = run(capsys, "deploy", "-c", write_config(data, tmp_path / "deploy.json"), "--yes", "--json")
+    assert first[0] == 0, first
+    good = json.loads(first[1])["revision"]
+    data["service"]["image"] = "local/chat-backend:broken-upgrade"
+    cfg = write_config(data, tmp_path / "deploy.json")
+    fault(cloud, "run.services.patch", 400, skip=1)
+    code, out, _ = run(capsys, "deploy", "-c", cfg, "--yes")
+    assert code == 3, out
+    code, out, err = run(capsys, "rollback", "-c", cfg, "--reason", "on-call: the candidate is still tagged")
+    assert code == 0, out + err
+    assert [s.revision for s in snapshot(clients)["traffic"] if s.percent] == [good]
