@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -45,10 +46,25 @@ def cloud_logging_shape(_logger: Any, name: str, event_dict: MutableMapping[str,
 
 
 class _StderrNow:
-    """Whatever ``sys.stderr`` is when a line is written (tests swap it; a bound stream would go stale)."""
+    """Whatever ``sys.stderr`` is when a line is written (tests swap it; a bound stream would go stale).
+
+    ``silence`` mutes it under the same lock every write takes: an event a worker thread had already
+    rendered when the command said its last line is dropped, not printed after it."""
+
+    lock = threading.Lock()
+    muted = False
+    _partial = threading.local()  # a thread's line so far: PrintLogger writes the event, then "\n"
 
     def write(self, text: str) -> int:
-        return sys.stderr.write(text)
+        line = getattr(self._partial, "text", "") + text
+        if not line.endswith("\n"):
+            self._partial.text = line
+            return len(text)
+        self._partial.text = ""
+        with _StderrNow.lock:  # whole lines only: written before ``silence``, or not at all
+            if not _StderrNow.muted:
+                sys.stderr.write(line)
+        return len(text)
 
     def flush(self) -> None:
         sys.stderr.flush()
@@ -57,11 +73,16 @@ class _StderrNow:
         return sys.stderr.isatty()
 
 
+# ONE instance: structlog's PrintLogger locks per file object around its two writes (the line, then "\n"),
+# so two instances let two threads interleave their halves ("{A}{B}\n\n").
+STDERR = _StderrNow()
+
+
 def configure(*, json: bool | None = None, level: str = "info", stream: Any = None) -> None:
     """Configure structlog once per process. ``json=None`` picks JSON when the stream is not a TTY."""
     # Default: whatever sys.stderr is at each write, not the object it is now (a test's captured stream
     # closes; a logger bound to it would fail on the next event).
-    out: Any = stream or _StderrNow()
+    out: Any = stream or STDERR
     if json is None:
         json = not (hasattr(out, "isatty") and out.isatty())
     processors: list[Any] = [
@@ -94,6 +115,8 @@ def silence() -> None:
     """Drop every later log event, from any thread: the command has said its last line (``error: ...``), and a
     worker thread still retrying a parallel read must not log after it. ``unsilence`` puts logging back."""
     global _SILENCED
+    with _StderrNow.lock:  # a line being written finishes first; none starts after
+        _StderrNow.muted = True
     config = structlog.get_config()
     if config["processors"] is not _SILENT:
         _SILENCED = config
@@ -104,6 +127,7 @@ def unsilence() -> None:
     """Undo ``silence`` for the next command in the same process (tests), unless logging was configured anew
     since (then that configuration stands)."""
     global _SILENCED
+    _StderrNow.muted = False
     if _SILENCED is not None and structlog.get_config()["processors"] is _SILENT:
         structlog.configure(**_SILENCED)
     _SILENCED = None
@@ -122,4 +146,4 @@ def ensure_configured() -> None:
     configures logging itself (``deploy``, ``gate``, ``localcloud up``) still does so.
     """
     if not structlog.is_configured():
-        configure(stream=_StderrNow(), level="warning" if sys.stderr.isatty() else "info")
+        configure(stream=STDERR, level="warning" if sys.stderr.isatty() else "info")

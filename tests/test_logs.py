@@ -53,3 +53,37 @@ def test_unsilence_leaves_a_configuration_made_since_alone() -> None:
         assert json.loads(fresh.getvalue())["message"] == "kept"
     finally:
         structlog.reset_defaults()
+
+
+def test_a_line_rendered_before_silence_is_not_written_after_it(capsys) -> None:
+    """A worker thread that rendered its event just before ``silence`` writes it to the stream after: muted."""
+    logs.configure(json=True)  # the default stream: stderr at each write
+    stream = structlog.get_config()["logger_factory"]._file
+    try:
+        logs.silence()
+        stream.write('{"message": "gcp.retry"}\n')  # what PrintLogger does with an event rendered earlier
+        assert capsys.readouterr().err == ""
+        logs.unsilence()
+        stream.write("after unsilence\n")
+        assert capsys.readouterr().err == "after unsilence\n"
+    finally:
+        logs.unsilence()
+        structlog.reset_defaults()
+
+
+def test_a_line_is_written_whole_or_not_at_all(capsys) -> None:
+    """PrintLogger writes an event, then "\\n": muted in between, neither half reaches stderr."""
+    stream = logs.STDERR
+    try:
+        stream.write('{"message": "first half"}')
+        logs.silence()
+        stream.write("\n")
+        stream.write("a whole line\n")
+        assert capsys.readouterr().err == ""
+        logs.unsilence()
+        stream.write('{"message": "next"}')
+        stream.write("\n")
+        assert capsys.readouterr().err == '{"message": "next"}\n'
+    finally:
+        logs.unsilence()
+        structlog.reset_defaults()
