@@ -16,7 +16,7 @@ from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 from deployer.errors import UsageError
-from deployer.gate.spec import GateSpec, parse_header
+from deployer.gate.spec import GateSpec, loopback_target, parse_header
 from deployer.gate.verdict import DEFAULT_MIN_SAMPLES, Thresholds
 
 T = TypeVar("T")
@@ -66,6 +66,8 @@ def build_spec(
         max_error_ratio=max_error_ratio,
         **({"handshake_p95_ms": p95_ms} if p95_ms is not None else {}),
     )
+    if host is None:  # ws://chat.localhost:PORT/ws: 127.0.0.1, the name as Host (as the deploy's gates do)
+        url, host = loopback_target(url)
     return GateSpec(
         url=url,
         connections=connections,

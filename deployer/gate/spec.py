@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from deployer.errors import UsageError
 from deployer.gate.verdict import Thresholds
@@ -24,6 +24,21 @@ _HANDSHAKE_HEADERS = frozenset(
     }
 )
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token (a header name)
+
+
+LOCALHOST_SUFFIX = ".localhost"
+
+
+def loopback_target(url: str) -> tuple[str, str | None]:
+    """A URL on ``localhost`` or a ``*.localhost`` name → (the URL on 127.0.0.1, the name as Host header);
+    any other URL unchanged, with no Host. RFC 6761 §6.3: "localhost names" resolve to the loopback address,
+    and not every resolver does so for subdomains (this machine's does not), so the gate does it itself —
+    the local cloud routes ``TAG---SERVICE.localhost:PORT`` by that Host."""
+    parts = urlsplit(url)
+    if not parts.hostname or not (parts.hostname == "localhost" or parts.hostname.endswith(LOCALHOST_SUFFIX)):
+        return url, None
+    netloc = "127.0.0.1" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)), parts.netloc
 
 
 def parse_header(text: str) -> tuple[str, str]:

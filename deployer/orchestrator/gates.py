@@ -22,9 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 from deployer.config import GateOptions
 from deployer.errors import GateError
 from deployer.gate import GateSpec, Thresholds
-from deployer.gate.spec import parse_header
-
-LOCALHOST_SUFFIX = ".localhost"
+from deployer.gate.spec import LOCALHOST_SUFFIX, loopback_target, parse_header
 
 
 def ws_url(uri: str, path: str) -> tuple[str, str | None]:
@@ -34,12 +32,7 @@ def ws_url(uri: str, path: str) -> tuple[str, str | None]:
     if scheme is None or not parts.hostname:
         raise GateError(f"cannot make a WebSocket URL of {uri!r}")
     target_path = parts.path if parts.path not in ("", "/") else (path if path.startswith("/") else "/" + path)
-    host = None
-    netloc = parts.netloc
-    if parts.hostname.endswith(LOCALHOST_SUFFIX) or parts.hostname == "localhost":
-        host = parts.netloc
-        netloc = "127.0.0.1" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((scheme, netloc, target_path, parts.query, "")), host
+    return loopback_target(urlunsplit((scheme, parts.netloc, target_path, parts.query, "")))
 
 
 def tag_uri(service: Mapping[str, Any], tag: str) -> str | None:

@@ -37,6 +37,14 @@ def test_passed_exits_0_with_a_human_table(backend, capsys):
     assert "1000 ×12" in out
 
 
+def test_a_localhost_subdomain_is_reached_on_loopback_with_its_name_as_host(backend, capsys):
+    """RFC 6761 §6.3: `chat.localhost` is the loopback address, whatever this machine's resolver says."""
+    url = backend.ws.replace("127.0.0.1", "chat-backend.localhost")
+    code = main(["gate", url, "--connections", "3", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 0 and doc["verdict"] == "Passed", doc
+
+
 def test_failed_exits_1_with_failures_grouped_by_reason(capsys):
     with run_backend("refuse-upgrade") as b:
         code = main(["gate", b.ws, "--connections", "4"])
