@@ -19,7 +19,8 @@ The CLI prints ``error: <message>`` (and ``hint: <hint>``) and never a traceback
     │   ├── JournalError                      a journal that cannot be read or breaks its own rules
     │   ├── CorruptStateError                 a state object that is there but cannot be parsed (never overwritten)
     │   ├── LockLostError                     our lease was taken or deleted while we held it
-    │   └── LockHeldError             exit 4  another deploy holds the service lock
+    │   ├── LockHeldError             exit 4  another deploy holds the service lock
+    │   └── JournalUnwritableError    exit 3  a deploy stopped mid-way: its journal could not be written
     ├── PinnedError                   exit 4  an emergency rollback pinned the service (``deploy --unpin``)
     ├── DriftError                    exit 1  live state differs from what the last deploy left
     ├── FreezeError                   exit 1  a deploy inside a freeze window (config ``freeze:``)
@@ -161,6 +162,13 @@ class LockLostError(StateError):
 
 class LockHeldError(StateError):
     exit_code = 4
+
+
+class JournalUnwritableError(StateError):
+    """A deploy that had changed something stopped because its journal could not be written (the state store
+    refused or never answered): it neither went on nor rolled back; ``deployer resume`` finishes or undoes it."""
+
+    exit_code = 3
 
 
 class PinnedError(DeployerError):

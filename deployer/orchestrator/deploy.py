@@ -52,6 +52,7 @@ from deployer.errors import (
     DeployerError,
     DriftError,
     GateError,
+    JournalUnwritableError,
     LockHeldError,
     LockLostError,
     PinnedError,
@@ -187,6 +188,7 @@ class _Run:
     hints: list[str] = field(default_factory=list)
     steps: list[JSON] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    writes: _JournalStore | None = None  # the journal's store: remembers a write that failed
 
 
 class Deployment:
@@ -202,6 +204,7 @@ class Deployment:
         self._overridden: list[ActiveFreeze] = []
         self._saved_plan: Plan | None = None  # the `--plan FILE` plan, read before anything else
         self._abort_event: asyncio.Event | None = None
+        self._journal_unwritable = False  # stopped because the journal could not be written
         self.log: Any = structlog.get_logger("deployer.deploy").bind(service=self.key)
 
     # ---- aborting --------------------------------------------------------------------------------
@@ -276,7 +279,10 @@ class Deployment:
                     await asyncio.to_thread(self._before_acting, store, deploy_id, owner)
                     return await self._locked(store, deploy_id, owner, lease)
             finally:
-                with contextlib.suppress(LockLostError):
+                # stopped because the state store refuses writes: releasing may fail too, and must not hide why
+                # (a lease left behind names this process, gone by then: `resume` takes it over)
+                quiet = (StateError,) if self._journal_unwritable else (LockLostError,)
+                with contextlib.suppress(*quiet):
                     lease.release()
         finally:
             structlog.contextvars.unbind_contextvars("deploy_id", "service", "phase")
@@ -368,8 +374,9 @@ class Deployment:
                 timings={"observe": round(observe_s, 3)},
             )
 
+        writes = _JournalStore(store)
         journal = Journal.begin(
-            store,
+            writes,
             service=self.key,
             deploy_id=deploy_id,
             config_digest=plan.config_digest,
@@ -396,6 +403,7 @@ class Deployment:
             service=copy.deepcopy(service),
             etag=(service or {}).get("etag"),
             owned_before=owned_before,
+            writes=writes,
         )
         run.timings["observe"] = round(observe_s, 3)
         shape = self._shape(plan)
@@ -499,6 +507,12 @@ class Deployment:
             except StaleStateError as exc:  # someone else wrote our journal: we no longer own this deploy
                 preempted = f"the journal changed under this deploy ({exc})"
                 result = Result(step, False, preempted)
+            except StateError:  # the phase record could not be written (a step's own failures come back as results)
+                if run.writes is None or run.writes.failed is None:
+                    raise
+                result = Result(step, False, "its journal could not be written")
+            if run.writes is not None and run.writes.failed is not None:
+                raise self._journal_lost(run, run.writes.failed)
             seconds = time.monotonic() - t
             results.append(result)
             run.steps.append({"step": step.label, "ok": result.ok, "seconds": round(seconds, 3), "detail": result.why})
@@ -854,6 +868,53 @@ class Deployment:
         why = "; ".join(report.remaining)
         return Result(step, report.ok, why or "every touched resource is back to its pre-image", foreign=report.foreign)
 
+    # ---- the journal cannot be written ---------------------------------------------------------
+    def _journal_lost(self, run: _Run, exc: StateError, *, ended: Status | None = None) -> StateError:
+        """The error a deploy stops with when a journal write failed (``exc``); nothing more is attempted.
+
+        Why stop — not go on, and not roll back: every call a deploy makes is journaled BEFORE it acts (its
+        pre-image, then its start), and that is what a rollback, ``resume`` and the next deploy rely on. With
+        the journal refusing writes, going on would make calls nobody could undo or even see; rolling back
+        would be the same in reverse (restores whose outcome the journal cannot hold: a rollback that half
+        landed would read, to ``resume``, like one that never ran). Stopping leaves the journal a true, if
+        short, account — every call made so far has its pre-image and start recorded, at worst its outcome
+        unknown — which is exactly what ``resume`` is built for: it settles unknown outcomes by reading the
+        resources back, then finishes or undoes the deploy by its one rule. The journal stays unfinished
+        (``status`` shows it interrupted once this process is gone; the next deploy refuses until it is
+        resumed), so the answer is exit 3 and ``deployer resume`` — or, when nothing was changed yet, exit 1 as
+        for any refusal, after one more try to close the journal ``failed``."""
+        self._journal_unwritable = True
+        resume = f"deployer resume -c {self.config.source.file}"
+        touched = _touched(run.journal.state, run.revision if self._shape(run.plan).candidate else None)
+        self.log.error(
+            "deploy.journal_unwritable",
+            error=exc.message,
+            ended=ended.value if ended else None,
+            may_remain_changed=touched,
+        )
+        self.options.reporter.close()
+        if ended is not None and ended is not Status.FAILED:
+            return JournalUnwritableError(
+                f"{self.key}: deploy {run.deploy_id} ended {ended.value}, but its journal could not record it: "
+                f"{exc.message}",
+                hint=f"run `{resume}` to close its journal once the state store takes writes (deploys wait for it)",
+            )
+        if touched:
+            return JournalUnwritableError(
+                f"{self.key}: deploy {run.deploy_id} stopped, its journal could not be written ({exc.message}); "
+                f"it did not roll back, so these may remain changed: {', '.join(touched)}",
+                hint=f"run `{resume}` once the state store takes writes: it finishes or rolls the deploy back "
+                "from its journal",
+            )
+        closed = False
+        with contextlib.suppress(DeployerError):
+            run.journal.finish("failed", "failed before changing anything: its journal could not be written")
+            closed = True
+        return StateError(
+            f"{exc.message}; deploy {run.deploy_id} stopped before changing anything",
+            hint=exc.hint if closed else f"its journal is left unfinished: `{resume}` closes it (it changed nothing)",
+        )
+
     # ---- the end ---------------------------------------------------------------------------------
     async def _finish(self, run: _Run, step: Step) -> DeployResult:
         status = step.status or Status.FAILED
@@ -885,8 +946,13 @@ class Deployment:
             detail["owned_armor_priorities"] = run.owned_before
         if run.pins:
             detail["pinned_latest_to"] = run.pins
-        with contextlib.suppress(StaleStateError, LockLostError):
-            run.journal.finish(status.value, summary, remaining=run.remaining, **detail)
+        try:
+            with contextlib.suppress(StaleStateError, LockLostError):
+                run.journal.finish(status.value, summary, remaining=run.remaining, **detail)
+        except StateError as exc:
+            if run.writes is None or run.writes.failed is None:
+                raise
+            raise self._journal_lost(run, exc, ended=status) from exc
         self._phase("finish")
         self.log.info("deploy.finished", phase="finish", status=status.value, why=step.reason, remaining=run.remaining)
         self.options.reporter.close()
@@ -1031,6 +1097,48 @@ def check_resumed_unlocked(config: DeployConfig) -> None:
     to change): refused over a ``rollback_incomplete`` journal all the same (``resume_first``)."""
     store = open_store(config.state, Clients(endpoint=config.endpoint, project=config.project))
     check_resumed(store, state_key(config), config.source.file, this_deploy=None, locked=False)
+
+
+class _JournalStore:
+    """The state store as a deploy's journal writes to it: the same store, remembering the first write that
+    failed (``failed``) — not a lost compare-and-swap (``StaleStateError``: someone else wrote the journal,
+    handled as a preemption), a write the store refused or never answered."""
+
+    def __init__(self, inner: StateStore) -> None:
+        self.inner = inner
+        self.failed: StateError | None = None
+
+    def read(self, key: str) -> tuple[bytes, int] | None:
+        return self.inner.read(key)
+
+    def write(self, key: str, data: bytes, *, if_generation: int | None) -> int:
+        try:
+            return self.inner.write(key, data, if_generation=if_generation)
+        except StaleStateError:
+            raise
+        except StateError as exc:
+            if self.failed is None:
+                self.failed = exc
+            raise
+
+    def delete(self, key: str, *, if_generation: int | None) -> bool:
+        return self.inner.delete(key, if_generation=if_generation)
+
+    def list(self, prefix: str) -> list[str]:
+        return self.inner.list(prefix)
+
+
+def _touched(state: JournalState, candidate: str | None) -> list[str]:
+    """What a deploy stopped mid-way may have left changed, one entry per resource: every effect started and
+    not undone (its outcome known or not), e.g. ``run.service chat-backend (candidate chat-backend-…)``."""
+    out: list[str] = []
+    for e in reversed(what_to_undo(state)):  # in the order they were made
+        name = f"{e.kind} {e.resource_id.rsplit('/', 1)[-1]}"
+        if e.kind == RUN_SERVICE and candidate:
+            name += f" (candidate {candidate})"
+        if name not in out:
+            out.append(name)
+    return out
 
 
 def success_summary(candidate: bool, revision: str, served: Sequence[traffic.Served]) -> str:

@@ -25,6 +25,8 @@ from tests.test_cli_errors import hint_of, one_error
 
 pytestmark = pytest.mark.e2e
 
+SKIP_WRITES = 8  # state-store writes that go through before the refused one (see the test using it)
+
 
 @pytest.fixture
 def clients(cloud):
@@ -108,3 +110,65 @@ def test_an_emergency_rollback_still_moves_traffic_over_an_incomplete_rollback(c
     code, out, err = run(capsys, "rollback", "-c", cfg, "--reason", "on-call: the candidate is still tagged")
     assert code == 0, out + err
     assert [s.revision for s in snapshot(clients)["traffic"] if s.percent] == [good]
+
+
+# ---- a deploy whose journal cannot be written -------------------------------------------------------------
+
+
+def gcs_state(data: dict[str, Any], tmp_path: Any) -> None:
+    data["state"] = {"backend": "gcs", "bucket": "deployer-state", "prefix": f"t-{tmp_path.name}"}
+
+
+def storage_inserts(cloud: Any, since: int) -> int:
+    return sum(1 for rec in list(cloud.world.requests)[since:] if rec.method == "storage.objects.insert")
+
+
+def test_a_journal_write_refused_mid_deploy_stops_with_exit_3_and_resume_puts_it_back(
+    cloud, clients, data, tmp_path, capsys
+):
+    gcs_state(data, tmp_path)
+    cfg = write_config(data, tmp_path / "deploy.json")
+    before = snapshot(clients)
+    # the lock, the journal's start, its apply phase and the effects' pre-images and starts go through; a
+    # later journal write is refused once (Cloud Storage's 403), after the candidate has been created
+    fault(cloud, "storage.objects.insert", 403, skip=SKIP_WRITES)
+    code, out, err = run(capsys, "deploy", "-c", cfg, "--yes")
+    assert code == 3, out + err
+    assert out == ""
+    error = one_error(err)
+    assert "stopped, its journal could not be written (cannot write state deploys/" in error, err
+    assert "storage.objects.insert: HTTP 403" in error
+    assert "it did not roll back, so these may remain changed: " in error and "run.service chat-backend" in error
+    assert hint_of(err) == (
+        f"hint: run `deployer resume -c {cfg}` once the state store takes writes: it finishes or rolls the deploy "
+        "back from its journal"
+    )
+    left = snapshot(clients)
+    assert left != before  # it stopped with something changed (the candidate tagged at 0 % at least)
+    mark = len(cloud.world.requests)
+
+    code, out, _ = run(capsys, "status", "-c", cfg)
+    assert "interrupted" in out and "deployer resume -c" in out, out
+    code, out, err = run(capsys, "deploy", "-c", cfg, "--yes")  # the next deploy waits for it
+    assert code == 4 and "never finished" in one_error(err), err
+    assert [c for c in mutating_calls(cloud, mark) if not c.startswith("storage.")] == []  # its lock only
+
+    code, out, err = run(capsys, "resume", "-c", cfg)
+    assert code == 0, out + err
+    assert snapshot(clients) == before
+
+
+def test_a_journal_write_refused_before_anything_changed_is_exit_1(cloud, clients, data, tmp_path, capsys):
+    gcs_state(data, tmp_path)
+    cfg = write_config(data, tmp_path / "deploy.json")
+    before = snapshot(clients)
+    mark = len(cloud.world.requests)
+    fault(cloud, "storage.objects.insert", 403, skip=2)  # the lock and the journal's start; then its first phase
+    code, out, err = run(capsys, "deploy", "-c", cfg, "--yes")
+    assert code == 1, out + err
+    assert "stopped before changing anything" in one_error(err) and "HTTP 403" in one_error(err)
+    assert [c for c in mutating_calls(cloud, mark) if not c.startswith("storage.")] == []
+    assert snapshot(clients) == before
+    # the refusal was once: the journal was closed failed, so nothing waits for a resume
+    code, out, _ = run(capsys, "history", "-c", cfg, "--json")
+    assert json.loads(out)["deploys"][0]["status"] == "failed"
