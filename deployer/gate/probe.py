@@ -221,6 +221,13 @@ class _Run:
             obs.status = 101
             obs.accept_valid = True
             obs.subprotocol = conn.subprotocol
+            if self.subprotocols and conn.subprotocol is None:
+                # RFC 6455 lets a server pick none; a browser does not: the WebSocket constructor's "connection
+                # will only be established if the server reports that it has selected one of these subprotocols"
+                # (HTML spec; web-platform-tests websockets/constructor/012 "no protocol in response").
+                obs.failure = Kind.SUBPROTOCOL
+                obs.detail = f"the server selected none of the offered subprotocols ({', '.join(self.subprotocols)})"
+                return obs
             self.progress.open += 1
             self._notify()
             try:

@@ -213,6 +213,17 @@ async def test_requested_subprotocol_and_origin_are_sent_and_recorded():
     assert seen[0] == ("https://app.example", "chat.v1, chat.v2")
 
 
+async def test_offered_subprotocols_none_selected_fails_as_a_browser_would():
+    async def handler(ws: ServerConnection) -> None:
+        await ws.wait_closed()
+
+    async with ws_server(handler) as port:  # a server that supports no subprotocol: selects none
+        v = await run_gate(spec(f"ws://127.0.0.1:{port}/ws", subprotocols=("chat.v1",)))
+    g = only_failure(v)
+    assert g.kind == "subprotocol"
+    assert g.examples[0].detail == "the server selected none of the offered subprotocols (chat.v1)"
+
+
 async def test_server_hanging_up_before_answering():
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)  # then close without a word
