@@ -433,6 +433,76 @@ def serving_template(observed: Observed) -> dict[str, Any] | None:
     return None
 
 
+class UnservedTemplate(BaseModel):
+    """The service's template (``service.template``: what a traffic move to LATEST would ship) is not what
+    serves: ``revision`` (the latest created one, or the one the template names) gets ``percent`` % (0 when
+    it serves nothing), ``serving`` serves, and ``fields`` are the template's paths that differ from it
+    (paths only, never values: an env value may be a secret)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    revision: str
+    latest_created: bool
+    percent: int
+    serving: str
+    fields: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        which = f"latest created {self.revision}" if self.latest_created else f"revision {self.revision}"
+        return (
+            f"the service's template ({which}, {self.percent}% traffic) differs from what serves ({self.serving}): "
+            "a traffic move to LATEST would ship it"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.model_dump(mode="json"), "fields": list(self.fields), "text": self.describe()}
+
+
+def unserved_template(
+    service: Mapping[str, Any] | None, serving_revision: Mapping[str, Any] | None
+) -> UnservedTemplate | None:
+    """Whether the service's template differs from the revision that serves (pure). Plans compare the config
+    with what SERVES (``serving_template``), so a template changed by hand while traffic stays pinned (a
+    revision created at 0 %) is no drift of the config; this says so instead of nothing.
+
+    None when nothing serves, when the template's revision (the one ``template.revision`` names, else
+    ``latestCreatedRevision``: a template change creates one) receives traffic, or when the template's
+    fields equal the serving revision's (``project_onto``: server defaults are no difference)."""
+    if not service or not serving_revision:
+        return None
+    template = service.get("template")
+    if not isinstance(template, Mapping):
+        return None
+    named = _short(template.get("revision"))
+    latest = _short(service.get("latestCreatedRevision"))
+    revision = named or latest
+    if not revision:
+        return None
+    percent: dict[str, int] = {}
+    ready = _short(service.get("latestReadyRevision"))
+    for status in service.get("trafficStatuses") or []:
+        name = _short(status.get("revision")) or (ready if str(status.get("type") or "").endswith("LATEST") else "")
+        percent[name] = percent.get(name, 0) + int(status.get("percent") or 0)
+    if percent.get(revision, 0) > 0:
+        return None
+    wanted = {k: v for k, v in template.items() if k != "revision"}
+    serving = {k: v for k, v in serving_revision.items() if k not in _REVISION_STATUS}
+    differ = diff_fields(project_onto(serving, wanted), wanted)
+    if not differ:
+        return None
+    return UnservedTemplate(
+        revision=revision,
+        latest_created=revision == latest,
+        percent=percent.get(revision, 0),
+        serving=_short(serving_revision.get("name")),
+        fields=tuple(dict.fromkeys("template." + d.path_str() for d in differ)),
+    )
+
+
+def _short(name: Any) -> str:
+    return str(name or "").rsplit("/", 1)[-1]
+
+
 def _service_change(desired: DesiredState, observed: Observed) -> Change:
     after = {k: copy.deepcopy(v) for k, v in desired.service.items() if k != "name"}
     if isinstance(after.get("annotations"), dict):

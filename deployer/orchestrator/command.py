@@ -3,7 +3,9 @@
 Kept out of ``deployer/cli.py`` so the CLI stays a list of thin commands (the demo calls these too).
 
 ``plan``: 0 no changes; with ``--detailed-exitcode`` 2 when there are changes (Terraform's
-convention); 1 when preflight finds errors (deploy would refuse). A usage or config error is 2, except
+convention); 1 when deploy would refuse: preflight finds errors, or traffic moved by hand since the last
+deploy (``deploy.drift_refusal``: the deploy's own words and hint printed before the plan, in ``--json`` as
+``deploy_would_refuse``; ``--out`` writes nothing). A usage or config error is 2, except
 with ``--detailed-exitcode``, where every error is 1 (``deployer.cli._error_exit`` decides that, for
 click's usage errors too, which happen before this runs). The readable diff and ``--json``
 mask secret env values; ``--out FILE`` writes the applyable plan (it holds the literal env values a
@@ -20,6 +22,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -37,15 +40,35 @@ def _console(stream: TextIO) -> Any:
     return console
 
 
-def make_live_plan(config: DeployConfig) -> tuple[Any, Any, list[str]]:
-    """Observe, run the live rules, plan: (plan, observed, warnings). Errors raise ``PreflightError``."""
+@dataclass(frozen=True)
+class LivePlan:
+    """A plan of config × live, with what ``plan`` says beside it: the preflight warnings, the refusal a
+    deploy would raise now (``deploy.drift_refusal``, the same decision and words), and the service's
+    template when it is not what serves (``plan.unserved_template``)."""
+
+    plan: Any
+    observed: Any
+    warnings: list[str]
+    refusal: Any = None  # deploy.DriftRefusal | None
+    template: Any = None  # plan.UnservedTemplate | None
+
+    def notes(self) -> list[str]:
+        """Everything to say beside the plan, one line each (a refusal first)."""
+        out = [f"drift: {self.refusal.message} (deploy will refuse)"] if self.refusal is not None else []
+        out.extend(self.warnings)
+        if self.template is not None:
+            out.append(f"template: {self.template.describe()}")
+        return out
+
+
+def live_plan(config: DeployConfig) -> LivePlan:
+    """Observe, run the live rules, plan, and decide as a deploy would. Preflight errors raise ``PreflightError``."""
     from deployer.desired import desired_state
     from deployer.errors import PreflightError
     from deployer.gcp.clients import Clients
     from deployer.gcp.observe import observe
-    from deployer.orchestrator import traffic
-    from deployer.orchestrator.deploy import config_digest, last_deploy, state_key
-    from deployer.plan import make_plan
+    from deployer.orchestrator.deploy import config_digest, drift_refusal, last_deploy, state_key
+    from deployer.plan import make_plan, unserved_template
     from deployer.preflight import Severity, run_rules
     from deployer.state import open_store
 
@@ -62,10 +85,6 @@ def make_live_plan(config: DeployConfig) -> tuple[Any, Any, list[str]]:
         )
     warnings = [f"{f.code} {f.field}: {f.message}" for f in findings if f.severity is Severity.WARNING]
     last, owned = last_deploy(store, state_key(config), observed.service)
-    if observed.service is not None:
-        found = traffic.drift(observed.service, last)
-        if found is not None:
-            warnings.insert(0, f"drift: {found.describe()} (deploy will refuse)")
     desired = desired_state(config)
     plan = make_plan(
         desired,
@@ -74,7 +93,20 @@ def make_live_plan(config: DeployConfig) -> tuple[Any, Any, list[str]]:
         config_digest=config_digest(desired),
         owned_armor_priorities=owned,
     )
-    return plan, observed, warnings
+    return LivePlan(
+        plan=plan,
+        observed=observed,
+        warnings=warnings,
+        refusal=drift_refusal(config, observed.service, last),
+        template=unserved_template(observed.service, observed.serving_revision),
+    )
+
+
+def make_live_plan(config: DeployConfig) -> tuple[Any, Any, list[str]]:
+    """``live_plan`` as (plan, observed, notes): the refusal a deploy would raise and the template note are
+    among the notes (the interactive deploy and ``--if-changed`` print them as warnings)."""
+    made = live_plan(config)
+    return made.plan, made.observed, made.notes()
 
 
 def render_plan(plan: Any, console: Any) -> None:
@@ -102,16 +134,28 @@ def run_plan(
     stream = stream or sys.stdout
     check_plan_out(out)  # offline, before the config and the cloud: a wrong --out is exit 2 at once
     config = load_config(path)
-    plan, _observed, warnings = make_live_plan(config)
+    made = live_plan(config)
+    plan, refusal = made.plan, made.refusal
     if json_out:
         doc = json.loads(plan.masked_copy(SecretMask()).to_json())
-        doc["warnings"] = warnings
+        doc["warnings"] = made.warnings
+        doc["deploy_would_refuse"] = refusal.to_json() if refusal is not None else None
+        doc["template"] = made.template.to_json() if made.template is not None else None
         stream.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
     else:
         console = _console(stream)
-        for w in warnings:
+        if refusal is not None:
+            console.print(f"[bold red]deploy would refuse:[/bold red] {refusal.message}", soft_wrap=True)
+            console.print(f"  hint: {refusal.hint}", soft_wrap=True)
+        for w in made.warnings:
             console.print(f"[yellow]warning:[/yellow] {w}")
+        if made.template is not None:
+            console.print(f"[yellow]note:[/yellow] {made.template.describe()}", soft_wrap=True)
         render_plan(plan, console)
+    if refusal is not None:  # a plan that cannot be applied: exit 1 (Terraform's), its file never written
+        if out and not json_out:
+            _console(stream).print(f"nothing saved to {out}: deploy would refuse this plan")
+        return 1
     if out:
         write_plan_file(plan, out)
         if not json_out:

@@ -343,15 +343,10 @@ class Deployment:
 
         self._phase("drift")
         last, owned_before = await asyncio.to_thread(last_deploy, store, self.key, service)
-        if service is not None:
-            found = traffic.drift(service, last)
-            if found is not None:
-                self.log.warning("deploy.refused", phase="drift", drift=found.describe())
-                raise DriftError(
-                    f"{config.service.name}: {found.describe()}; someone moved traffic by hand (a manual rollback?), "
-                    "and deploying now would report success while that split keeps serving",
-                    hint=drift_hint(found, config.source.file),
-                )
+        refusal = drift_refusal(config, service, last)
+        if refusal is not None:
+            self.log.warning("deploy.refused", phase="drift", drift=refusal.found.describe())
+            raise refusal.error()
 
         self._phase("plan")
         plan = self._plan(observed, owned_before)
@@ -1149,6 +1144,45 @@ def success_summary(candidate: bool, revision: str, served: Sequence[traffic.Ser
     split = traffic.split(served)
     where = ", ".join(f"{r} {p}%" if p != 100 else r for r, p in split.items()) or "no revision"
     return f"applied infrastructure; traffic unchanged on {where}"
+
+
+@dataclass(frozen=True)
+class DriftRefusal:
+    """Why a deploy refuses over traffic moved by hand since the last deploy (``drift_refusal``): what
+    drifted, and the words and hint of the ``DriftError`` it raises (``plan`` shows the same up front)."""
+
+    found: traffic.Drift
+    message: str
+    hint: str
+
+    def error(self) -> DriftError:
+        return DriftError(self.message, hint=self.hint)
+
+    def to_json(self) -> JSON:
+        return {
+            "reason": "drift",
+            "message": self.message,
+            "hint": self.hint,
+            "live": dict(self.found.live),
+            "last_deploy_left": dict(self.found.expected),
+            "last_deploy": self.found.last.deploy_id,
+            "from": self.found.last.source,
+        }
+
+
+def drift_refusal(config: DeployConfig, service: JSON | None, last: traffic.LastDeploy | None) -> DriftRefusal | None:
+    """The deploy's drift decision (pure; ``deploy`` raises it, ``plan`` reports it up front): a refusal when
+    the live split is not what the last deploy left (``traffic.drift``), None when the deploy may go on (no
+    service, no last deploy, or the split it left)."""
+    found = traffic.drift(service, last) if service is not None else None
+    if found is None:
+        return None
+    return DriftRefusal(
+        found=found,
+        message=f"{config.service.name}: {found.describe()}; someone moved traffic by hand (a manual rollback?), "
+        "and deploying now would report success while that split keeps serving",
+        hint=drift_hint(found, config.source.file),
+    )
 
 
 def drift_hint(found: traffic.Drift, config_file: str) -> str:

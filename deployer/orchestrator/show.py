@@ -156,6 +156,7 @@ def _gather_status(
         pin=pin,
         pin_error=pin_error,
         traffic_drift=found.describe() if found is not None else None,
+        serving_revision=observed.serving_revision,
         state_error=state_error.message if state_error is not None else None,
     ), state_error
 

@@ -11,7 +11,9 @@ Reading those inputs is ``show.gather_status`` (the thin I/O).
   tags; a LATEST target is resolved through ``latestReadyRevision`` (gcp-facts §4.1 "Allocates
   instances to the Service's latest ready Revision") and marked as such.
 - **Drift** is the plan's non-no-op changes, each with the fields that differ; secret env values are
-  masked (``redact.SecretMask``), as ``deployer plan`` masks them.
+  masked (``redact.SecretMask``), as ``deployer plan`` masks them. The plan compares the config with what
+  SERVES; a service template that differs from it (changed by hand while traffic stays pinned: a revision
+  at 0 %) is shown beside the drift as a note (``plan.unserved_template``), so "none" is never silent about it.
 - **A dead deploy** is not "running": a journal that never finished whose process is gone
   (``history.process_gone``: the lock's holder pid is dead on this host, its lease expired, or it no
   longer holds the lock) shows as ``interrupted``, with ``deployer resume`` to finish or roll it back.
@@ -43,7 +45,7 @@ from deployer.orchestrator.history import (
     when_text,
 )
 from deployer.orchestrator.lock import LockInfo
-from deployer.plan import ANNOTATION_LAST_GOOD, ANNOTATION_PREVIOUS, Plan
+from deployer.plan import ANNOTATION_LAST_GOOD, ANNOTATION_PREVIOUS, Plan, UnservedTemplate, unserved_template
 from deployer.redact import SecretMask
 
 _SYMBOL = {"create": "+", "update": "~", "delete": "-", "no-op": "="}
@@ -214,6 +216,7 @@ class ServiceStatus:
     drift: tuple[DriftChange, ...] = ()
     checked: int = 0  # resources compared with the config
     traffic_drift: str | None = None
+    template: UnservedTemplate | None = None  # the service's template is not what serves (``unserved_template``)
 
     @property
     def in_sync(self) -> bool:
@@ -242,6 +245,7 @@ class ServiceStatus:
                 "checked": self.checked,
                 "changes": [d.to_json() for d in self.drift],
                 "traffic": self.traffic_drift,
+                "template": self.template.to_json() if self.template else None,
             },
         }
 
@@ -260,9 +264,12 @@ def build_status(
     pin: PinView | None = None,
     pin_error: str | None = None,
     traffic_drift: str | None = None,
+    serving_revision: Mapping[str, Any] | None = None,
 ) -> ServiceStatus:
     """The status as a value (pure). ``history`` is newest first (``history.read_history``); the last
-    deploy is its newest deploy or rollback, the last succeeded its newest successful deploy."""
+    deploy is its newest deploy or rollback, the last succeeded its newest successful deploy.
+    ``serving_revision`` (``Observed.serving_revision``) is what the service's template is compared with:
+    drift compares the config with what serves, so a template changed by hand at 0 % is a note of its own."""
     svc = observed_service or {}
     annotations = {k: str(v) for k, v in (svc.get("annotations") or {}).items() if k.startswith("deployer.dev/")}
     # unlock / unpin journals are history, not deploys: "last deploy" is the newest deploy or rollback
@@ -287,6 +294,7 @@ def build_status(
         drift=config_drift(plan) if plan is not None else (),
         checked=len(plan.changes) if plan is not None else 0,
         traffic_drift=traffic_drift,
+        template=unserved_template(observed_service, serving_revision),
     )
 
 
@@ -406,8 +414,12 @@ def render_status(status: ServiceStatus, console: Console) -> None:
 def _render_drift(status: ServiceStatus, console: Console) -> None:
     drift = Text("drift ", style="bold")
     if status.in_sync:
-        drift.append(f"none: the {status.checked} resources the config owns match what is live", style="green")
+        if status.template is None:
+            drift.append(f"none: the {status.checked} resources the config owns match what is live", style="green")
+        else:
+            drift.append(f"none in what serves: the {status.checked} resources the config owns match it", style="green")
         console.print(drift)
+        _render_template(status, console)
         return
     n = len(status.drift)
     what = f"{n} of {status.checked} resources differ from the config" if n else "traffic moved since the last deploy"
@@ -421,7 +433,20 @@ def _render_drift(status: ServiceStatus, console: Console) -> None:
             console.print(Text(f"      {field_line}", style="dim"))
         if len(change.fields) > DRIFT_FIELDS_SHOWN:
             console.print(Text(f"      … and {len(change.fields) - DRIFT_FIELDS_SHOWN} more (--json)", style="dim"))
+    _render_template(status, console)
     if status.drift:
         console.print(
             Text("  `deployer plan -c CONFIG` shows the whole plan; `deployer deploy` applies it", style="dim")
+        )
+
+
+def _render_template(status: ServiceStatus, console: Console) -> None:
+    if status.template is None:
+        return
+    console.print(Text(f"  note: {status.template.describe()}", style="yellow"), soft_wrap=True)  # whole, greppable
+    for path in status.template.fields[:DRIFT_FIELDS_SHOWN]:
+        console.print(Text(f"      ~ {path}", style="dim"))
+    if len(status.template.fields) > DRIFT_FIELDS_SHOWN:
+        console.print(
+            Text(f"      … and {len(status.template.fields) - DRIFT_FIELDS_SHOWN} more (--json)", style="dim")
         )

@@ -276,7 +276,7 @@ def test_status_json_is_complete() -> None:
     ]
     assert doc["last_deploy"]["deploy_id"] == "d-20260302-093000-a1b2"
     assert doc["lock"]["held"] is False and doc["pin"] is None
-    assert doc["drift"] == {"in_sync": True, "checked": 1, "changes": [], "traffic": None}
+    assert doc["drift"] == {"in_sync": True, "checked": 1, "changes": [], "traffic": None, "template": None}
     assert doc["latest_ready_revision"] == "chat-backend-new"
 
 
