@@ -665,7 +665,7 @@ def test_a_forbidden_state_bucket_quotes_google_not_the_json_body(
     cfg = gcs_config(tmp_path, world.endpoint, "deployer-state")
     code, _out, err = run(["deploy", "-c", str(cfg), "--yes"], capsys)
     line = one_error(err)
-    assert code == 1 and line.startswith(f"error: cannot read state {LOCK} in gs://deployer-state/team/"), err
+    assert code == 1 and line.startswith(f"error: cannot read state gs://deployer-state/team/{LOCK}: "), err
     assert line.endswith("storage.objects.get: HTTP 403: The caller does not have permission"), err
     assert hint_of(err) == "hint: the account running deployer lacks a permission for this call."
 
@@ -691,7 +691,8 @@ def test_a_corrupt_lock_is_kept_refuses_deploys_and_unlock_force_removes_it(
     cfg = write_config(tmp_path, world.endpoint)
     mark = len(world.world.requests)
     code, _out, err = run(["deploy", "-c", str(cfg), "--yes"], capsys)
-    assert code == 1 and one_error(err).startswith(f"error: the lock {LOCK} is unreadable"), err
+    # named where it is (the file, absolute), not by its key in the store
+    assert code == 1 and one_error(err).startswith(f"error: the lock {lock} is unreadable"), err
     assert (hint_of(err) or "").startswith("hint: inspect it; `deployer unlock --force --reason ...` removes it")
     assert lock.read_bytes() == CORRUPT_LOCKS[kind]  # never overwritten, never deleted on its own
     assert calls_since(world, mark) == []
@@ -704,6 +705,38 @@ def test_a_corrupt_lock_is_kept_refuses_deploys_and_unlock_force_removes_it(
     (journal_id,) = list_deploys(store, KEY)
     journal = load(store, KEY, journal_id)
     assert journal.started.operation == "unlock" and journal.status == "succeeded"
+
+
+def test_state_objects_in_a_gcs_store_are_named_by_their_gs_url(
+    world: LocalCloud, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A damaged lock, a deploy's report and a rollback's JSON name the object as ``gs://bucket/prefix/key``:
+    what `gcloud storage cat` takes, with nothing to work out from the config at 3 a.m."""
+    from deployer.gcp.clients import Clients
+
+    bucket = Clients(endpoint=world.endpoint, project=world.world.project).storage().bucket("deployer-state")
+    lock = f"gs://deployer-state/team/{LOCK}"
+    bucket.blob(f"team/{LOCK}").upload_from_string(b'{"holder": "a shell script"}')
+    cfg = gcs_config(tmp_path, world.endpoint, "deployer-state")
+    code, _out, err = run(["deploy", "-c", str(cfg), "--yes"], capsys)
+    assert code == 1 and one_error(err) == f"error: the lock {lock} is unreadable", err
+    assert (hint_of(err) or "").startswith("hint: inspect it; `deployer unlock --force --reason ...` removes it")
+    assert run(["unlock", "-c", str(cfg), "--force", "--reason", "a damaged lock"], capsys)[0] == 0
+
+    world.world.faults.add(FaultRule(method="run.services.patch", status=403, count=100))
+    code, out, err = run(["deploy", "-c", str(cfg), "--yes"], capsys)
+    assert code == 1 and "error:" not in err, out + err
+    (journal,) = [line.strip() for line in out.splitlines() if line.strip().startswith("journal: ")]
+    assert journal.startswith(f"journal: gs://deployer-state/team/{JOURNALS}/d-") and journal.endswith(".json"), out
+
+    code, out, _err = run(
+        ["rollback", "-c", str(cfg), "--reason", "typo", "--to", "chat-backend-nosuch", "--json"], capsys
+    )
+    doc = json.loads(out)
+    assert (code, doc["status"]) == (1, "failed")
+    assert doc["journal"].startswith(f"{JOURNALS}/d-")  # the key, as before
+    assert doc["journal_location"] == f"gs://deployer-state/team/{doc['journal']}"
+    assert bucket.blob(f"team/{doc['journal']}").exists()  # and it is really there
 
 
 def test_a_corrupt_journal_is_kept_and_named(

@@ -970,6 +970,7 @@ class Deployment:
             steps=run.steps,
             timings=run.timings,
             journal=run.journal.key,
+            journal_location=run.journal.where,
             resume=f"deployer resume -c {self.config.source.file}" if status is Status.ROLLBACK_INCOMPLETE else None,
         )
 
@@ -1121,6 +1122,9 @@ class _JournalStore:
 
     def list(self, prefix: str) -> list[str]:
         return self.inner.list(prefix)
+
+    def where(self, key: str) -> str:
+        return self.inner.where(key)
 
 
 def _touched(state: JournalState, candidate: str | None) -> list[str]:

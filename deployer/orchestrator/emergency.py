@@ -145,7 +145,8 @@ class RollbackResult:
     hints: list[str] = field(default_factory=list)
     verdict: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
-    journal: str | None = None
+    journal: str | None = None  # its key in the state store
+    journal_location: str | None = None  # where it is: gs://bucket/prefix/<key> or the file (StateStore.where)
     resume: str | None = None  # ``deployer resume -c CONFIG`` when it ended incomplete: it tries again
 
     def finished_incomplete(self, config: DeployConfig) -> None:
@@ -174,6 +175,7 @@ class RollbackResult:
             "verify": self.verdict,
             "timings": self.timings,
             "journal": self.journal,
+            "journal_location": self.journal_location,
         }
 
 
@@ -322,6 +324,7 @@ class EmergencyRollback:
             traffic_before=before,
             preempted=preempted,
             journal=journal.key,
+            journal_location=journal.where,
         )
         if target.revision is None:
             journal.finish("failed", "no revision to roll back to", why=target.why)

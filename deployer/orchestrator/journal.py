@@ -594,7 +594,7 @@ class Journal:
         try:
             generation = store.write(key, dump_json(doc.model_dump(mode="json")), if_generation=0)
         except StaleStateError as exc:
-            raise JournalError(f"a journal for {deploy_id} already exists ({key})") from exc
+            raise JournalError(f"a journal for {deploy_id} already exists ({store.where(key)})") from exc
         return cls(store, [started], generation, clock=clock, mask=mask)
 
     @classmethod
@@ -615,6 +615,11 @@ class Journal:
     @property
     def key(self) -> str:
         return journal_key(self._state.service, self._state.deploy_id)
+
+    @property
+    def where(self) -> str:
+        """Where the journal is (``gs://bucket/prefix/deploys/…`` or its file), for what a person reads."""
+        return self.store.where(self.key)
 
     @property
     def deploy_id(self) -> str:
@@ -814,16 +819,16 @@ def read_records(store: StateStore, service: str, deploy_id: str) -> tuple[list[
     key = journal_key(service, deploy_id)
     got = read_json(store, key)
     if got is None:
-        raise JournalError(f"no journal for deploy {deploy_id} of {service} ({key})")
+        raise JournalError(f"no journal for deploy {deploy_id} of {service} ({store.where(key)})")
     raw, generation = got
     try:
         doc = JournalDocument.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
-        raise JournalError(f"journal {key} is corrupt: {where}: {first.get('msg')}") from exc
+        raise JournalError(f"journal {store.where(key)} is corrupt: {where}: {first.get('msg')}") from exc
     if (doc.deploy_id, doc.service) != (deploy_id, service):
-        raise JournalError(f"journal {key} belongs to {doc.deploy_id} of {doc.service}")
+        raise JournalError(f"journal {store.where(key)} belongs to {doc.deploy_id} of {doc.service}")
     fold(doc.records)  # a stored journal must also satisfy the fold
     return list(doc.records), generation
 

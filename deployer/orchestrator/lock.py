@@ -167,12 +167,17 @@ class ServiceLock:
         self.store, self.service, self.clock, self.ttl = store, service, clock, ttl
         self.key = lock_key(service)
 
+    @property
+    def where(self) -> str:
+        """Where the lease is (``gs://…`` or a file), for messages."""
+        return self.store.where(self.key)
+
     def read(self) -> LockInfo | None:
         try:
             got = read_json(self.store, self.key)
         except CorruptStateError as exc:  # left as it is: only `unlock --force` removes it, journaled
             raise CorruptStateError(
-                f"the lock {self.key} is unreadable: {exc.message}",
+                f"the lock {self.where} is unreadable: {exc.fields.get('problem') or exc.message}",
                 hint="inspect it; `deployer unlock --force --reason ...` removes it",
             ) from exc
         if got is None:
@@ -182,7 +187,7 @@ class ServiceLock:
             return LockInfo.model_validate({**doc, "generation": generation})
         except (ValidationError, TypeError) as exc:
             raise CorruptStateError(
-                f"the lock {self.key} is unreadable",
+                f"the lock {self.where} is unreadable",
                 hint=f"inspect it; `deployer unlock --force --reason ...` removes it ({exc.__class__.__name__})",
             ) from exc
 

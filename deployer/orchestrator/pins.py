@@ -109,7 +109,7 @@ def read_pin(store: StateStore, service: str) -> Pin | None:
         return Pin.model_validate({**doc, "generation": generation})
     except (ValidationError, TypeError) as exc:
         raise StateError(
-            f"the pin {pin_key(service)} is unreadable",
+            f"the pin {store.where(pin_key(service))} is unreadable",
             hint="`deployer unpin -c CONFIG --reason ...` removes it",
         ) from exc
 

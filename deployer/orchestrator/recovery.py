@@ -97,7 +97,7 @@ def run_rollback(
     if result.status == "failed":  # nothing changed: an error like any other refusal (one line on stderr)
         raise DeployerError(
             f"rollback of {config.service.name} failed, nothing was changed: {result.why}",
-            hint=result.hints[0] if result.hints else f"its journal: {result.journal}",
+            hint=result.hints[0] if result.hints else f"its journal: {result.journal_location or result.journal}",
         )
     now = datetime.now(UTC)
     lines = []
@@ -128,7 +128,7 @@ def run_rollback(
         lines.append(f"  {'or ' if result.resume else ''}to finish by hand: {hint}")
     if result.verdict:
         lines.append(f"  verify: {result.verdict}")
-    lines.append(f"  journal: {result.journal}")
+    lines.append(f"  journal: {result.journal_location or result.journal}")
     out.write("\n".join(lines) + "\n")
     return result.exit_code
 

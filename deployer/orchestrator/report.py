@@ -146,7 +146,8 @@ class DeployResult:
     hints: list[str] = field(default_factory=list)
     steps: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
-    journal: str | None = None
+    journal: str | None = None  # its key in the state store
+    journal_location: str | None = None  # where it is: gs://bucket/prefix/<key> or the file (StateStore.where)
     # ``deployer resume -c CONFIG`` when the rollback left something changed: it tries again from the journal
     # (the first thing to run; ``hints`` are the by-hand commands)
     resume: str | None = None
@@ -174,6 +175,7 @@ class DeployResult:
             "steps": self.steps,
             "timings_s": self.timings,
             "journal": self.journal,
+            "journal_location": self.journal_location,
         }
 
 
@@ -233,4 +235,4 @@ def render_result(result: DeployResult, console: Console) -> None:
         for line in result.hints:
             console.print(f"    {'or by hand: ' if result.resume else ''}{line}")
     if result.journal:
-        console.print(Text(f"  journal: {result.journal}", style="dim"))
+        console.print(Text(f"  journal: {result.journal_location or result.journal}", style="dim"))

@@ -510,7 +510,7 @@ class Restorer:
                     f"gcloud compute security-policies rules delete {m.group('priority')} "
                     f"--security-policy {m.group('policy')} --project {m.group('project')}"
                 )
-        return f"restore {target.resource_id} from its pre-image in the journal {self.journal.key}"
+        return f"restore {target.resource_id} from its pre-image in the journal {self.journal.where}"
 
 
 def _show(served: Sequence[traffic.Served]) -> str:

@@ -64,9 +64,16 @@ class StateStore(Protocol):
         """Every key starting with ``prefix`` (a plain string prefix), sorted."""
         ...
 
+    def where(self, key: str) -> str:
+        """Where the object of ``key`` is, for a person to find it by hand: ``gs://bucket/prefix/key``, or
+        the absolute path of its file. Every message that names a state object names it with this (a key
+        alone is relative to a store the reader would have to work out). Contacts nothing."""
+        ...
+
 
 def read_json(store: StateStore, key: str) -> tuple[Any, int] | None:
-    """Read and parse a JSON object; a corrupt one is a ``StateError`` naming the key."""
+    """Read and parse a JSON object; a corrupt one is a ``CorruptStateError`` naming where it is (``problem``
+    in its fields: what is wrong, without the location, for a caller that names the object itself)."""
     got = store.read(key)
     if got is None:
         return None
@@ -74,7 +81,9 @@ def read_json(store: StateStore, key: str) -> tuple[Any, int] | None:
     try:
         return json.loads(data), generation
     except ValueError as exc:
-        raise CorruptStateError(f"state object {key} is not valid JSON: {exc}") from exc
+        raise CorruptStateError(
+            f"state object {store.where(key)} is not valid JSON: {exc}", key=key, problem=f"not valid JSON: {exc}"
+        ) from exc
 
 
 def dump_json(doc: Any) -> bytes:

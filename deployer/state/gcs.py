@@ -30,7 +30,8 @@ deploy id, owner, times; journal: every record so far), so another writer produc
 is not a case that arises; a store used for anonymous identical blobs would need a nonce.
 
 Errors: a lost precondition is ``StaleStateError``; every other failure (retries exhausted, 403,
-missing bucket) is a ``StateError`` naming the key and ``gs://bucket/prefix``, raised from the cause.
+missing bucket) is a ``StateError`` naming the object as ``gs://bucket/prefix/key`` (``where``), raised from
+the cause.
 """
 
 from __future__ import annotations
@@ -162,6 +163,10 @@ class GcsStateStore:
     def url(self) -> str:
         return f"gs://{self.bucket_name}/{self.prefix}"
 
+    def where(self, key: str) -> str:
+        """``gs://bucket/prefix/key``: the object as ``gcloud storage cat`` names it."""
+        return self.url + check_key(key)
+
     def __repr__(self) -> str:
         return f"GcsStateStore({self.url!r})"
 
@@ -208,8 +213,9 @@ class GcsStateStore:
         try:
             return call(fn, method=method, policy=policy, on_retry=self.on_retry)
         except CloudError as exc:
+            where = self.where(key) if KEY_RE.fullmatch(key) else self.url + key  # a list: its prefix, or *
             raise StateError(
-                f"cannot {verb} state {key} in {self.url}: {exc.message}",
+                f"cannot {verb} state {where}: {exc.message}",
                 hint=exc.hint,
                 key=key,
                 method=method,

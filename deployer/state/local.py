@@ -53,6 +53,10 @@ class LocalStateStore:
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
+    def where(self, key: str) -> str:
+        """The object's file, absolute (a relative ``state.path`` was resolved against the config's directory)."""
+        return str(self._path(key))
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         self._create_root()
@@ -83,9 +87,8 @@ class LocalStateStore:
         except (ValueError, KeyError, TypeError):
             generation = 0
         if generation <= 0:
-            raise CorruptStateError(
-                f"state object {key} ({path}) has no valid generation header; it was not written by deployer"
-            )
+            problem = "no valid generation header; it was not written by deployer"
+            raise CorruptStateError(f"state object {path} has {problem}", key=key, problem=problem)
         return raw[newline + 1 :], generation
 
     @staticmethod

@@ -420,7 +420,9 @@ def test_secrets_stay_out_of_the_journal_logs_and_plan_output(cloud, clients, da
         result = deploy(make_config(data), options())
     assert result.status == "rolled_back"
     assert "tok-9f8e7d6c5b4a" not in json.dumps(events, default=str)
-    journal_text = (Path(data["state"]["path"]) / f"{result.journal}").read_text()
+    journal_file = Path(data["state"]["path"]) / f"{result.journal}"
+    assert result.journal_location == str(journal_file) == result.to_json()["journal_location"]  # the file, in full
+    journal_text = journal_file.read_text()
     assert "tok-9f8e7d6c5b4a" not in journal_text and "<redacted#1>" in journal_text
     # the rollback wrote the real value back (from the pre-image it read, not the masked journal)
     assert snapshot(clients) == before

@@ -136,7 +136,9 @@ def test_a_journal_write_refused_mid_deploy_stops_with_exit_3_and_resume_puts_it
     assert code == 3, out + err
     assert out == ""
     error = one_error(err)
-    assert "stopped, its journal could not be written (cannot write state deploys/" in error, err
+    # the journal named where it is: gs://bucket/prefix/deploys/...
+    at = f"gs://deployer-state/t-{tmp_path.name}/deploys/"
+    assert f"stopped, its journal could not be written (cannot write state {at}" in error, err
     assert "storage.objects.insert: HTTP 403" in error
     assert "it did not roll back, so these may remain changed: " in error and "run.service chat-backend" in error
     assert hint_of(err) == (

@@ -315,8 +315,9 @@ def test_restore_targets_collapse_repeated_effects_on_one_resource() -> None:
 def test_begin_is_create_only(store: StateStore) -> None:
     j = begin(store)
     assert j.state.status == "running"
-    with pytest.raises(JournalError, match="already exists"):
+    with pytest.raises(JournalError) as info:
         begin(store)
+    assert info.value.message == f"a journal for {DEPLOY} already exists ({j.where})"
     assert len(jn.load(store, "api", DEPLOY).started.owner.describe()) > 0
 
 
@@ -465,12 +466,21 @@ def test_history_lists_deploys_newest_first(store: StateStore) -> None:
     assert jn.latest(store, "nothing-here") is None
 
 
-def test_a_corrupt_or_missing_journal_is_one_journal_error(store: StateStore) -> None:
-    with pytest.raises(JournalError, match="no journal"):
+def test_a_corrupt_or_missing_journal_is_one_journal_error_naming_where_it_is(store: StateStore) -> None:
+    where = store.where(jn.journal_key("api", DEPLOY))  # gs://bucket/prefix/deploys/..., or the absolute file
+    with pytest.raises(JournalError) as info:
         Journal.open(store, "api", DEPLOY)
+    assert info.value.message == f"no journal for deploy {DEPLOY} of api ({where})"
     store.write(jn.journal_key("api", DEPLOY), b'{"format": 1, "deploy_id": "x"}', if_generation=0)
-    with pytest.raises(JournalError, match="is corrupt"):
+    with pytest.raises(JournalError) as info:
         jn.load(store, "api", DEPLOY)
+    assert info.value.message.startswith(f"journal {where} is corrupt: "), info.value.message
+
+
+def test_a_journal_knows_where_it_is(store: StateStore) -> None:
+    journal = begin(store)
+    assert journal.where == store.where(f"deploys/api/{DEPLOY}.json")
+    assert journal.where.endswith(f"/deploys/api/{DEPLOY}.json") and journal.where != journal.key
 
 
 # ---- a real process killed in the middle of an effect ---------------------------------------------------------

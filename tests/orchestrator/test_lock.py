@@ -220,10 +220,18 @@ def test_force_unlock(store: StateStore) -> None:
         held.heartbeat()
 
 
-def test_an_unreadable_lock_is_a_state_error(store: StateStore) -> None:
+def test_an_unreadable_lock_is_a_state_error_naming_where_it_is(store: StateStore) -> None:
+    where = store.where(lock_key("api"))  # gs://bucket/prefix/locks/api.json, or the file's absolute path
     store.write(lock_key("api"), b'{"holder": "a shell script"}', if_generation=0)
-    with pytest.raises(StateError, match="unreadable"):
+    with pytest.raises(StateError) as info:
         ServiceLock(store, "api").acquire("d-20261126-145201-aaaa", ALICE)
+    assert info.value.message == f"the lock {where} is unreadable"
+    assert str(info.value.hint).startswith("inspect it; `deployer unlock --force --reason ...` removes it")
+    store.write(lock_key("api"), b"{{{", if_generation=None)  # not JSON: named once, with what is wrong
+    with pytest.raises(StateError) as info:
+        ServiceLock(store, "api").read()
+    assert info.value.message.startswith(f"the lock {where} is unreadable: not valid JSON: "), info.value.message
+    assert info.value.message.count(where) == 1
 
 
 def _wait_for(condition: Any, timeout: float = 10.0) -> bool:

@@ -110,7 +110,8 @@ def test_an_unreadable_pin_is_a_state_error_naming_unpin(store: StateStore) -> N
     store.write(pin_key(SERVICE), dump_json({"revision": 3}), if_generation=None)
     with pytest.raises(StateError) as info:
         read_pin(store, SERVICE)
-    assert "pins/proj/us-central1/api.json" in info.value.message and "deployer unpin" in str(info.value.hint)
+    assert info.value.message == f"the pin {store.where('pins/proj/us-central1/api.json')} is unreadable"
+    assert "deployer unpin" in str(info.value.hint)
 
 
 # ---- deployer unpin --------------------------------------------------------------------------------------

@@ -189,6 +189,10 @@ def test_resume_carries_an_incomplete_emergency_rollback_to_its_target(cloud, cl
     assert "INCOMPLETE" in out and f"what to run: deployer resume -c {cfg}" in out
     first = newest(data)
     assert (first.started.operation, first.status) == ("rollback", "rollback_incomplete")
+    # the by-hand way and the journal line name the journal's file (absolute), not its key in the store
+    where = tmp_path / "state" / "deploys" / "chat-staging/us-central1/chat-backend" / f"{first.deploy_id}.json"
+    assert where.is_file() and f"  journal: {where}\n" in out, out
+    assert f"/backendServices/chat-backend-bs from its pre-image in the journal {where}\n" in out, out
     half = snapshot(clients)
     assert half["traffic"] == deployed["traffic"] and half["backend_service"] == before["backend_service"]
 

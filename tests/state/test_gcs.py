@@ -145,8 +145,10 @@ def test_objects_live_under_the_prefix_with_the_store_generation(localcloud: Any
     obj = live_object(localcloud, bucket, "deployer/staging/locks/api.json")
     assert (obj.data, obj.generation, obj.content_type) == (b'{"deploy_id": "d-1"}\n', gen, "application/json")
     assert repr(store) == f"GcsStateStore('gs://{bucket}/deployer/staging/')"
+    assert store.where("locks/api.json") == f"gs://{bucket}/deployer/staging/locks/api.json"  # the object's name
     at_root = make_store(localcloud, bucket, sleeps, prefix="")
     assert at_root.list("deployer/") == ["deployer/staging/locks/api.json"]
+    assert at_root.where("deployer/staging/locks/api.json") == f"gs://{bucket}/deployer/staging/locks/api.json"
 
 
 def test_list_keeps_to_its_prefix_and_to_valid_keys(localcloud: Any, bucket: str, sleeps: Sleeps) -> None:
@@ -259,7 +261,8 @@ def test_a_503_that_never_ends_is_a_state_error_after_the_policy(localcloud: Any
     with pytest.raises(StateError) as info:
         store.write("k", b"v", if_generation=0)
     assert not isinstance(info.value, StaleStateError)
-    assert "cannot write state k" in info.value.message and "after 4 attempts" in info.value.message
+    assert info.value.message.startswith(f"cannot write state gs://{bucket}/team/k: ")
+    assert "after 4 attempts" in info.value.message
     assert info.value.fields["outcome_unknown"] is True
     assert [c for c in object_calls(localcloud, bucket) if c[0] == "insert"] == [("insert", 503)] * 4
     assert store.read("k") is None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from deployer.errors import StaleStateError, StateError
+from deployer.errors import CorruptStateError, StaleStateError, StateError
 from deployer.state.local import LocalStateStore
 
 
@@ -29,8 +29,23 @@ def test_a_file_not_written_by_deployer_is_an_error_naming_it(tmp_path: Path) ->
     (tmp_path / "locks").mkdir()
     (tmp_path / "locks" / "api.json").write_text('{"holder": "someone"}')
     store = LocalStateStore(tmp_path)
-    with pytest.raises(StateError, match=r"locks/api\.json"):
+    with pytest.raises(CorruptStateError) as info:
         store.read("locks/api.json")
+    assert info.value.message == f"state object {tmp_path}/locks/api.json has no valid generation header; " + (
+        "it was not written by deployer"
+    )
+
+
+def test_where_is_the_absolute_file_even_for_a_relative_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = LocalStateStore(".deployer")
+    assert store.where("deploys/api/d-1.json") == f"{tmp_path}/.deployer/deploys/api/d-1.json"
+    monkeypatch.chdir("/")  # where it is does not follow the current directory
+    assert store.where("locks/api.json") == f"{tmp_path}/.deployer/locks/api.json"
+    with pytest.raises(ValueError):
+        store.where("../x")
 
 
 def test_a_write_the_filesystem_refuses_is_a_state_error(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deployer.errors import StaleStateError
+from deployer.errors import CorruptStateError, StaleStateError
 from deployer.state import StateStore, check_key, dump_json, read_json
 from tests.state.stores import StoreSpec, fresh_namespace
 
@@ -121,6 +121,25 @@ def test_json_helpers(store: StateStore) -> None:
     gen = store.write("doc.json", dump_json({"b": 1, "a": [1, "é"]}), if_generation=0)
     assert read_json(store, "doc.json") == ({"b": 1, "a": [1, "é"]}, gen)
     assert read_json(store, "none.json") is None
+
+
+def test_corrupt_json_is_named_where_it_is(store: StateStore) -> None:
+    store.write("locks/x.json", b"{{{", if_generation=0)
+    with pytest.raises(CorruptStateError) as info:
+        read_json(store, "locks/x.json")
+    where = store.where("locks/x.json")
+    assert info.value.message.startswith(f"state object {where} is not valid JSON: "), info.value.message
+    assert info.value.fields["problem"].startswith("not valid JSON: ")
+    assert store.read("locks/x.json") is not None  # kept as it is
+
+
+def test_where_names_the_key_in_full_and_contacts_nothing(store: StateStore) -> None:
+    where = store.where("deploys/api/d-1.json")
+    assert where.endswith("/deploys/api/d-1.json")
+    assert where.startswith("gs://") or where.startswith("/"), where  # a URL or an absolute path, never the bare key
+    assert store.list("") == []  # nothing was written by asking
+    with pytest.raises(ValueError):
+        store.where("a//b")
 
 
 # ---- model-based: any sequence of operations behaves like a dict with generations ----------------
