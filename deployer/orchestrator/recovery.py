@@ -157,6 +157,8 @@ def run_resume(path: str, *, verify: bool = False, json_out: bool = False, strea
         lines.append(f"  what to run: deployer resume -c {path}   (again, once what failed is fixed)")
     for hint in result.hints:
         lines.append(f"  {'or ' if result.status == 'rollback_incomplete' else ''}to finish by hand: {hint}")
+    if result.journal_location:
+        lines.append(f"  journal: {result.journal_location}")
     out.write("\n".join(lines) + "\n")
     return result.exit_code
 

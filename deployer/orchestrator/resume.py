@@ -246,6 +246,7 @@ class ResumeResult:
     hints: list[str] = field(default_factory=list)
     traffic_after: list[JSON] = field(default_factory=list)
     message: str = ""
+    journal_location: str | None = None  # where the journal it resumed is (``Journal.where``)
 
     def to_json(self) -> JSON:
         return {
@@ -262,6 +263,7 @@ class ResumeResult:
             "hints": self.hints,
             "traffic_after": self.traffic_after,
             "message": self.message,
+            "journal_location": self.journal_location,
         }
 
 
@@ -382,6 +384,7 @@ class Resumer:
             operation=state.started.operation,
             action=plan.action,
             why=plan.why,
+            journal_location=journal.where,
         )
         if plan.action == "nothing":
             result.message = f"{state.deploy_id} is {state.status}: nothing to resume"

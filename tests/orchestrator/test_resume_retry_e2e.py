@@ -21,7 +21,7 @@ import pytest
 from google.cloud import compute_v1
 
 from deployer.orchestrator.deploy import deploy, state_key
-from deployer.orchestrator.journal import Started, list_deploys, load, read_records
+from deployer.orchestrator.journal import Started, journal_key, list_deploys, load, read_records
 from deployer.orchestrator.lock import lock_key
 from deployer.orchestrator.pins import read_pin
 from deployer.state.local import LocalStateStore
@@ -122,6 +122,7 @@ def test_resume_puts_back_what_an_incomplete_rollback_left(cloud, clients, data,
     assert state.status == "rolled_back" and [f.status for f in state.earlier] == ["rollback_incomplete"]
     assert [d.decision for d in state.decisions] == ["rollback", "resume"]
     store, key = store_and_key(data)
+    assert out.splitlines()[-1] == f"  journal: {store.where(journal_key(key, first.deploy_id))}"  # where it is
     assert store.read(lock_key(key)) is None
 
     code, out, _ = run(capsys, "history", "-c", cfg, "--json")
