@@ -91,17 +91,12 @@ class Compute:
         return None
 
     # ---- backend service -----------------------------------------------------------------------
-    def patch_backend_service(self, name: str, body: Mapping[str, Any], *, fingerprint: str, request_id: str) -> str:
-        """PATCH (JSON merge patch, lists replace) the fields in ``body``; returns the operation name."""
-        return self._backend_write("patch", name, body, fingerprint=fingerprint, request_id=request_id)
-
-    def update_backend_service(self, name: str, body: Mapping[str, Any], *, fingerprint: str, request_id: str) -> str:
-        """PUT the whole backend service ``body`` (needed to clear a field a merge patch cannot)."""
-        return self._backend_write("update", name, body, fingerprint=fingerprint, request_id=request_id)
-
-    def _backend_write(
+    def write_backend_service(
         self, verb: str, name: str, body: Mapping[str, Any], *, fingerprint: str, request_id: str
     ) -> str:
+        """``verb`` "patch": PATCH (JSON merge patch, lists replace) the fields in ``body``; "update": PUT the
+        whole backend service ``body`` (needed to clear a field a merge patch cannot). Returns the operation
+        name. The verb is what the plan or restore chose (``backend_restore_write``, ``Change``)."""
         from google.cloud import compute_v1
 
         if not fingerprint:

@@ -628,8 +628,9 @@ class Deployment:
         ) as handle:
             run.memory[handle.effect] = copy.deepcopy(live)
             await asyncio.to_thread(self._confirm_lease)
-            fn = self.compute.patch_backend_service if verb == "patch" else self.compute.update_backend_service
-            op = await asyncio.to_thread(fn, name, body, fingerprint=fingerprint, request_id=request_id)
+            op = await asyncio.to_thread(
+                self.compute.write_backend_service, verb, name, body, fingerprint=fingerprint, request_id=request_id
+            )
             await self._wait_compute(op, stop)
             after = await asyncio.to_thread(self.compute.get_backend_service, name)
             handle.done(after, precondition=(after or {}).get("fingerprint"))

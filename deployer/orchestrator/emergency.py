@@ -685,12 +685,11 @@ class EmergencyRollback:
                         intended=body,
                         request_id=request_id,
                     ) as handle:
-                        fn = (
-                            self.compute.patch_backend_service
-                            if verb == "patch"
-                            else self.compute.update_backend_service
+                        self.compute.wait(
+                            self.compute.write_backend_service(
+                                verb, name, body, fingerprint=fingerprint, request_id=request_id
+                            )
                         )
-                        self.compute.wait(fn(name, body, fingerprint=fingerprint, request_id=request_id))
                         after = self.compute.get_backend_service(name)
                         handle.done(after, precondition=(after or {}).get("fingerprint"))
                 except ConflictError:

@@ -442,10 +442,7 @@ class Restorer:
             )
         verb, body = write
         fingerprint = str(current.get("fingerprint") or "")
-        if verb == "patch":
-            op = self.compute.patch_backend_service(name, body, fingerprint=fingerprint, request_id=new_request_id())
-        else:
-            op = self.compute.update_backend_service(name, body, fingerprint=fingerprint, request_id=new_request_id())
+        op = self.compute.write_backend_service(verb, name, body, fingerprint=fingerprint, request_id=new_request_id())
         self.compute.wait(op)
         after = self.compute.get_backend_service(name)
         if backend_restore_write(after or {}, pre) is not None:
